@@ -1,0 +1,5 @@
+//! Receive Cariosan webhooks.
+#![cfg_attr(docsrs, feature(doc_cfg))]
+
+pub mod model;
+pub mod verify;
