@@ -319,7 +319,9 @@ impl Serialize for Envelope {
 
 /// A signed envelope of a known type whose `data` does not fit the typed
 /// model: the envelope's fields, the raw data and what did not fit.
-#[derive(Debug, Clone)]
+///
+/// `Debug` leaves the raw data out, so that logging it cannot leak a body.
+#[derive(Clone)]
 pub struct MalformedEvent {
     id: EventId,
     event_type: String,
@@ -362,6 +364,17 @@ impl MalformedEvent {
     }
 }
 
+impl fmt::Debug for MalformedEvent {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("MalformedEvent")
+            .field("id", &self.id)
+            .field("event_type", &self.event_type)
+            .field("data_len", &self.data.get().len())
+            .field("error", &self.error)
+            .finish_non_exhaustive()
+    }
+}
+
 /// Why a body could not be parsed.
 #[derive(Debug, Clone, thiserror::Error)]
 #[non_exhaustive]
@@ -380,8 +393,9 @@ pub enum ParseError {
 ///
 /// `Display` says what kind of error and where (line and column); the full
 /// parser message, which may quote values from the body, is only in
-/// [`JsonError::detail`], so logging an error cannot leak the body.
-#[derive(Debug, Clone)]
+/// [`JsonError::detail`], so logging an error (`Display` or `Debug`) cannot
+/// leak the body.
+#[derive(Clone)]
 pub struct JsonError {
     kind: &'static str,
     line: usize,
@@ -423,9 +437,23 @@ impl JsonError {
     }
 }
 
+impl fmt::Debug for JsonError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("JsonError")
+            .field("kind", &self.kind)
+            .field("line", &self.line)
+            .field("column", &self.column)
+            .finish_non_exhaustive()
+    }
+}
+
 impl fmt::Display for JsonError {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(f, "{} at line {} column {}", self.kind, self.line, self.column)
+        write!(
+            f,
+            "{} at line {} column {}",
+            self.kind, self.line, self.column
+        )
     }
 }
 

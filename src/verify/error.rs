@@ -18,14 +18,18 @@ pub enum VerifyError {
     #[error("Failed to verify the delivery: the delivery id is invalid")]
     InvalidDeliveryId,
     /// The signature's timestamp is older than the tolerance allows.
-    #[error("Failed to verify the delivery: the timestamp is {age_secs} s old, over the tolerance")]
+    #[error(
+        "Failed to verify the delivery: the timestamp is {age_secs} s old, over the tolerance"
+    )]
     TimestampTooOld {
         /// How many seconds before `now` the delivery was signed.
         age_secs: u64,
     },
     /// The signature's timestamp is further in the future than the tolerance
     /// allows.
-    #[error("Failed to verify the delivery: the timestamp is {ahead_secs} s ahead, over the tolerance")]
+    #[error(
+        "Failed to verify the delivery: the timestamp is {ahead_secs} s ahead, over the tolerance"
+    )]
     TimestampTooNew {
         /// How many seconds after `now` the delivery claims to be signed.
         ahead_secs: u64,

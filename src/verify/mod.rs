@@ -258,10 +258,9 @@ impl Verifier {
             let expected = secret.mac(delivery_id.as_bytes(), header.timestamp_text, body);
             // Every candidate is compared in full; only the final verdict
             // branches.
-            let matched = header
-                .macs
-                .iter()
-                .fold(Choice::from(0), |acc, mac| acc | mac[..].ct_eq(&expected[..]));
+            let matched = header.macs.iter().fold(Choice::from(0), |acc, mac| {
+                acc | mac[..].ct_eq(&expected[..])
+            });
             if bool::from(matched) {
                 return Ok(Verified {
                     timestamp: header.timestamp,
@@ -277,7 +276,9 @@ impl Verifier {
         let diff = i128::from(now) - i128::from(timestamp);
         let secs = |d: i128| u64::try_from(d).unwrap_or(u64::MAX);
         if diff > tolerance {
-            Err(VerifyError::TimestampTooOld { age_secs: secs(diff) })
+            Err(VerifyError::TimestampTooOld {
+                age_secs: secs(diff),
+            })
         } else if -diff > tolerance {
             Err(VerifyError::TimestampTooNew {
                 ahead_secs: secs(-diff),
@@ -355,7 +356,9 @@ mod tests {
         let strict = verifier().tolerance(Duration::ZERO);
         assert!(matches!(
             strict.verify_at(i64::MIN, "evt_1", &header, b""),
-            Err(VerifyError::TimestampTooNew { ahead_secs: u64::MAX })
+            Err(VerifyError::TimestampTooNew {
+                ahead_secs: u64::MAX
+            })
         ));
     }
 
