@@ -1,0 +1,264 @@
+//! Routing verified events to async handlers.
+//!
+//! [`Webhooks`] is a registry of handlers and a `tower::Service`: mount it
+//! behind [`CariosanWebhookLayer`](crate::CariosanWebhookLayer) (with axum,
+//! `post_service(webhooks)`), and each verified delivery runs the handlers
+//! registered for its event type.
+//!
+//! - `on_<event>` handlers receive the typed payload (e.g.
+//!   [`MessageCreated`]); [`on_any`](Webhooks::on_any) receives the whole
+//!   [`Envelope`] of every known event type; [`on_unknown`](Webhooks::on_unknown)
+//!   receives the envelope of event types this version does not know; and
+//!   [`on_malformed`](Webhooks::on_malformed) receives envelopes whose data
+//!   does not fit the model.
+//! - Several handlers may match one delivery: they run one after another, in
+//!   the order they were registered, each to completion before the next
+//!   starts. The first that fails stops the run and the delivery is answered
+//!   `500`, so Cariosan retries it and the whole run happens again; handlers
+//!   should therefore be idempotent, as at-least-once delivery requires
+//!   anyway.
+//! - A handler error answers `500 handler_failed`, a panic `500
+//!   handler_panicked` (the server keeps serving). A delivery that no handler
+//!   matches is acknowledged `200 ignored`; one that ran handlers is `200
+//!   handled`. A malformed delivery with no `on_malformed` handler is `500
+//!   event_malformed`: it is never acknowledged unseen, and the sender keeps
+//!   it for two days of retries while the receiver is fixed.
+//! - A request that did not pass the layer is answered `500 not_verified`
+//!   and logged as an error: no handler ever sees an unverified event.
+//!
+//! Handlers reach application state by capturing it: clone an `Arc` (or a
+//! pool, which is an `Arc` inside) into the closure, as the `app_state`
+//! example shows.
+
+mod handler;
+
+use std::convert::Infallible;
+use std::future::Future;
+use std::panic::AssertUnwindSafe;
+use std::sync::Arc;
+use std::task::{Context, Poll};
+
+use futures_util::FutureExt;
+use http::{Request, Response, StatusCode};
+use tower_service::Service;
+
+pub use handler::{HandlerError, HandlerResult};
+
+use crate::body::BytesBody;
+use crate::delivery::VerifiedDelivery;
+use crate::layer::future::BoxFuture;
+use crate::model::{
+    ChannelCreated, ChannelDeleted, ChannelUpdated, Envelope, Event, MalformedEvent, MemberAdded,
+    MemberRemoved, MemberUpdated, MessageCreated, MessageDeleted, MessageMentioned,
+    MessageUpdated, ModerationAction, WebhookPing,
+};
+use crate::rejection::{Outcome, Rejection};
+
+type EventRoute = Arc<dyn Fn(&Envelope) -> Option<BoxFuture<HandlerResult>> + Send + Sync>;
+type MalformedRoute = Arc<dyn Fn(&MalformedEvent) -> BoxFuture<HandlerResult> + Send + Sync>;
+
+/// A registry of event handlers, and the service that runs them.
+///
+/// Cheap to clone: the handlers are shared.
+#[derive(Clone, Default)]
+#[must_use]
+pub struct Webhooks {
+    events: Arc<Vec<EventRoute>>,
+    malformed: Arc<Vec<MalformedRoute>>,
+}
+
+impl Webhooks {
+    /// A registry with no handlers: every verified delivery is acknowledged.
+    pub fn new() -> Self {
+        Self::default()
+    }
+
+    /// Registers a handler that runs for the envelopes `select` returns a
+    /// payload for. The handler is called inside the future, so a panic
+    /// while it builds its future is caught like any other.
+    fn route<T, F, Fut>(mut self, select: fn(&Envelope) -> Option<T>, handler: F) -> Self
+    where
+        T: Send + 'static,
+        F: Fn(T) -> Fut + Send + Sync + 'static,
+        Fut: Future<Output = HandlerResult> + Send + 'static,
+    {
+        let handler = Arc::new(handler);
+        let route: EventRoute = Arc::new(move |envelope| {
+            let payload = select(envelope)?;
+            let handler = handler.clone();
+            Some(Box::pin(async move { handler(payload).await }))
+        });
+        Arc::make_mut(&mut self.events).push(route);
+        self
+    }
+
+    /// Runs `handler` for every event of a known type, with its whole
+    /// envelope (id, `created_at`, workspace and event).
+    pub fn on_any<F, Fut>(self, handler: F) -> Self
+    where
+        F: Fn(Envelope) -> Fut + Send + Sync + 'static,
+        Fut: Future<Output = HandlerResult> + Send + 'static,
+    {
+        self.route(
+            |envelope| (!matches!(envelope.event, Event::Unknown(_))).then(|| envelope.clone()),
+            handler,
+        )
+    }
+
+    /// Runs `handler` for event types this version does not know, with the
+    /// envelope; its event is [`Event::Unknown`], holding the type and raw
+    /// data. Without such a handler they are acknowledged.
+    pub fn on_unknown<F, Fut>(self, handler: F) -> Self
+    where
+        F: Fn(Envelope) -> Fut + Send + Sync + 'static,
+        Fut: Future<Output = HandlerResult> + Send + 'static,
+    {
+        self.route(
+            |envelope| matches!(envelope.event, Event::Unknown(_)).then(|| envelope.clone()),
+            handler,
+        )
+    }
+
+    /// Runs `handler` for signed envelopes of a known type whose data does
+    /// not fit the model, with the raw data. Its result decides the answer;
+    /// without such a handler they are answered `500 event_malformed`.
+    pub fn on_malformed<F, Fut>(mut self, handler: F) -> Self
+    where
+        F: Fn(MalformedEvent) -> Fut + Send + Sync + 'static,
+        Fut: Future<Output = HandlerResult> + Send + 'static,
+    {
+        let handler = Arc::new(handler);
+        let route: MalformedRoute = Arc::new(move |malformed| {
+            let (handler, malformed) = (handler.clone(), malformed.clone());
+            Box::pin(async move { handler(malformed).await })
+        });
+        Arc::make_mut(&mut self.malformed).push(route);
+        self
+    }
+}
+
+macro_rules! typed_handlers {
+    ($( $(#[$doc:meta])* $method:ident => $variant:ident($payload:ty); )*) => {
+        impl Webhooks {
+            $(
+                $(#[$doc])*
+                pub fn $method<F, Fut>(self, handler: F) -> Self
+                where
+                    F: Fn($payload) -> Fut + Send + Sync + 'static,
+                    Fut: Future<Output = HandlerResult> + Send + 'static,
+                {
+                    self.route(
+                        |envelope| match &envelope.event {
+                            Event::$variant(payload) => Some((**payload).clone()),
+                            _ => None,
+                        },
+                        handler,
+                    )
+                }
+            )*
+        }
+    };
+}
+
+typed_handlers! {
+    /// Runs `handler` for every `message.created`.
+    on_message_created => MessageCreated(MessageCreated);
+    /// Runs `handler` for every `message.updated`.
+    on_message_updated => MessageUpdated(MessageUpdated);
+    /// Runs `handler` for every `message.deleted`.
+    on_message_deleted => MessageDeleted(MessageDeleted);
+    /// Runs `handler` for every `message.mentioned`.
+    on_message_mentioned => MessageMentioned(MessageMentioned);
+    /// Runs `handler` for every `channel.created`.
+    on_channel_created => ChannelCreated(ChannelCreated);
+    /// Runs `handler` for every `channel.updated`.
+    on_channel_updated => ChannelUpdated(ChannelUpdated);
+    /// Runs `handler` for every `channel.deleted`.
+    on_channel_deleted => ChannelDeleted(ChannelDeleted);
+    /// Runs `handler` for every `member.added`.
+    on_member_added => MemberAdded(MemberAdded);
+    /// Runs `handler` for every `member.removed`.
+    on_member_removed => MemberRemoved(MemberRemoved);
+    /// Runs `handler` for every `member.updated`.
+    on_member_updated => MemberUpdated(MemberUpdated);
+    /// Runs `handler` for every `moderation.action`.
+    on_moderation_action => ModerationAction(ModerationAction);
+    /// Runs `handler` for every `webhook.ping`.
+    on_webhook_ping => WebhookPing(WebhookPing);
+}
+
+impl std::fmt::Debug for Webhooks {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Webhooks")
+            .field("event_handlers", &self.events.len())
+            .field("malformed_handlers", &self.malformed.len())
+            .finish()
+    }
+}
+
+impl<B> Service<Request<B>> for Webhooks {
+    type Response = Response<BytesBody>;
+    type Error = Infallible;
+    type Future = BoxFuture<Result<Response<BytesBody>, Infallible>>;
+
+    fn poll_ready(&mut self, _cx: &mut Context<'_>) -> Poll<Result<(), Infallible>> {
+        Poll::Ready(Ok(()))
+    }
+
+    fn call(&mut self, mut request: Request<B>) -> Self::Future {
+        let delivery = request.extensions_mut().remove::<VerifiedDelivery>();
+        let this = self.clone();
+        Box::pin(async move {
+            let outcome = match delivery {
+                Some(delivery) => this.dispatch(delivery).await,
+                None => Err(crate::not_verified()),
+            };
+            Ok(match outcome {
+                Ok(ran) => acknowledge(if ran { "handled" } else { "ignored" }),
+                Err(rejection) => rejection.to_response(),
+            })
+        })
+    }
+}
+
+impl Webhooks {
+    /// Runs the matching handlers; `Ok(false)` when none matched.
+    async fn dispatch(&self, delivery: VerifiedDelivery) -> Result<bool, Rejection> {
+        match delivery.into_payload() {
+            Ok(envelope) => run(self.events.iter().filter_map(|route| route(&envelope))).await,
+            Err(_) if self.malformed.is_empty() => {
+                tracing::error!("no on_malformed handler: answering 500 so the sender retries");
+                Err(Rejection::MalformedEvent)
+            }
+            Err(malformed) => run(self.malformed.iter().map(|route| route(&malformed))).await,
+        }
+    }
+}
+
+/// Runs handlers one after another; the first failure or panic stops the
+/// run.
+async fn run(handlers: impl Iterator<Item = BoxFuture<HandlerResult>>) -> Result<bool, Rejection> {
+    let mut ran = false;
+    for handler in handlers {
+        ran = true;
+        match AssertUnwindSafe(handler).catch_unwind().await {
+            Ok(Ok(())) => {}
+            Ok(Err(error)) => {
+                tracing::error!(%error, "handler failed: answering 500 so the sender retries");
+                return Err(Rejection::HandlerFailed);
+            }
+            Err(_panic) => {
+                tracing::error!("handler panicked: answering 500 so the sender retries");
+                return Err(Rejection::HandlerPanicked);
+            }
+        }
+    }
+    Ok(ran)
+}
+
+fn acknowledge(outcome: &'static str) -> Response<BytesBody> {
+    let mut response = Response::new(BytesBody::from(outcome));
+    *response.status_mut() = StatusCode::OK;
+    response.extensions_mut().insert(Outcome(outcome));
+    response
+}

@@ -1,0 +1,57 @@
+//! The tower layer that verifies deliveries.
+//!
+//! [`CariosanWebhookLayer`] wraps any `tower::Service<http::Request<BytesBody>>`
+//! (an axum `Router` or route, a [`Webhooks`](crate::Webhooks) dispatcher,
+//! or a plain service) and lets through only deliveries that verify. It
+//! works on a request in this order, answering at the first failure:
+//!
+//! 1. the method is `POST` (else `405`, with `Allow: POST`);
+//! 2. `X-Cariosan-Delivery` and `X-Cariosan-Event` are present once and
+//!    well-formed (else `400`), `X-Cariosan-Signature` is present once
+//!    (else `401`), and the body has no `Content-Encoding` (else `415`);
+//! 3. a `Content-Length` over the limit is answered `413` before any byte
+//!    of the body is read;
+//! 4. the body is read within the limit (`413`, chunked bodies included)
+//!    and the read timeout (`408`);
+//! 5. the signature and its timestamp are verified (`401`);
+//! 6. the signed body is parsed once into the typed model (`400` when it is
+//!    not an envelope) and its `id` and `type` must equal the headers
+//!    (`400`);
+//! 7. the inner service is called with the raw body and a
+//!    [`VerifiedDelivery`](crate::VerifiedDelivery) extension.
+//!
+//! Every rejection is a [`Rejection`](crate::Rejection): a fixed status and
+//! a short code as the body. The inner service's response passes through
+//! unchanged. Each delivery gets a `cariosan_webhook` tracing span with its
+//! delivery id, event type, attempt, status and outcome; bodies, secrets
+//! and MACs are never logged.
+//!
+//! The layer keeps `Error = S::Error`, so it fits `Router::layer` without a
+//! `HandleErrorLayer`. It needs a tokio runtime for the body read timeout.
+//!
+//! ```
+//! use std::time::Duration;
+//! use cariosan_webhooks::{CariosanWebhookLayer, Webhooks};
+//! use cariosan_webhooks::verify::FixedClock;
+//!
+//! let layer = CariosanWebhookLayer::new("whsec_new")
+//!     .secret("whsec_old")                 // accept both while rolling
+//!     .tolerance(Duration::from_secs(120))
+//!     .body_limit(256 * 1024)
+//!     .clock(FixedClock(1_795_000_000));  // verify "as of", in tests
+//! let app = axum::Router::new()
+//!     .route("/webhooks/cariosan", axum::routing::post_service(Webhooks::new()))
+//!     .layer(layer);
+//! # let _: axum::Router = app;
+//! ```
+
+pub(crate) mod future;
+#[allow(clippy::module_inception)]
+mod layer;
+mod service;
+
+pub use future::{ResponseBody, ResponseFuture};
+pub use layer::{CariosanWebhookLayer, DEFAULT_BODY_LIMIT, DEFAULT_BODY_TIMEOUT};
+pub use service::{
+    CariosanWebhookService, ATTEMPT_HEADER, DELIVERY_HEADER, EVENT_HEADER, SIGNATURE_HEADER,
+};
