@@ -17,9 +17,9 @@
 //! ```no_run
 //! use axum::{routing::post_service, Router};
 //! use cariosan_webhooks::model::ChannelCreated;
-//! use cariosan_webhooks::{CariosanWebhookLayer, HandlerResult, Webhooks};
+//! use cariosan_webhooks::{CariosanWebhookLayer, Delivery, HandlerResult, Webhooks};
 //!
-//! async fn handle_channel_created(event: ChannelCreated) -> HandlerResult {
+//! async fn handle_channel_created(event: Delivery<ChannelCreated>) -> HandlerResult {
 //!     println!("new channel {}", event.channel.id);
 //!     Ok(())
 //! }
@@ -104,7 +104,7 @@ pub use body::BytesBody;
 #[cfg(feature = "layer")]
 pub use delivery::VerifiedDelivery;
 #[cfg(feature = "layer")]
-pub use dispatch::{HandlerError, HandlerResult, Webhooks};
+pub use dispatch::{Delivery, HandlerError, HandlerResult, Webhooks};
 #[cfg(feature = "axum")]
 pub use extract::VerifiedEvent;
 #[cfg(feature = "layer")]

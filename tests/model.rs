@@ -168,6 +168,9 @@ fn parse_errors_never_quote_the_body() {
     };
     assert!(malformed.error().detail().contains("invalid type"));
     assert!(!error.to_string().contains("SECRET-TEXT-123"), "{error}");
-    assert!(!format!("{error:?}").contains("SECRET-TEXT-123"), "{error:?}");
+    assert!(
+        !format!("{error:?}").contains("SECRET-TEXT-123"),
+        "{error:?}"
+    );
     assert!(!malformed.error().to_string().contains("SECRET-TEXT-123"));
 }

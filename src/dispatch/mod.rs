@@ -5,12 +5,13 @@
 //! `post_service(webhooks)`), and each verified delivery runs the handlers
 //! registered for its event type.
 //!
-//! - `on_<event>` handlers receive the typed payload (e.g.
-//!   [`MessageCreated`]); [`on_any`](Webhooks::on_any) receives the whole
-//!   [`Envelope`] of every known event type; [`on_unknown`](Webhooks::on_unknown)
-//!   receives the envelope of event types this version does not know; and
-//!   [`on_malformed`](Webhooks::on_malformed) receives envelopes whose data
-//!   does not fit the model.
+//! - Every handler receives a [`Delivery`]: the delivery id, event time,
+//!   workspace and attempt, around a payload it dereferences to.
+//!   `on_<event>` handlers get the typed payload (e.g. [`MessageCreated`]);
+//!   [`on_any`](Webhooks::on_any) gets the [`Event`] of every known type;
+//!   [`on_unknown`](Webhooks::on_unknown) gets the [`UnknownEvent`] of types
+//!   this version does not know; and [`on_malformed`](Webhooks::on_malformed)
+//!   gets the [`MalformedEvent`] whose data does not fit the model.
 //! - Several handlers may match one delivery: they run one after another, in
 //!   the order they were registered, each to completion before the next
 //!   starts. The first that fails stops the run and the delivery is answered
@@ -30,6 +31,7 @@
 //! pool, which is an `Arc` inside) into the closure, as the `app_state`
 //! example shows.
 
+mod delivery;
 mod handler;
 
 use std::convert::Infallible;
@@ -42,6 +44,7 @@ use futures_util::FutureExt;
 use http::{Request, Response, StatusCode};
 use tower_service::Service;
 
+pub use delivery::Delivery;
 pub use handler::{HandlerError, HandlerResult};
 
 use crate::body::BytesBody;
@@ -49,12 +52,13 @@ use crate::delivery::VerifiedDelivery;
 use crate::layer::future::BoxFuture;
 use crate::model::{
     ChannelCreated, ChannelDeleted, ChannelUpdated, Envelope, Event, MalformedEvent, MemberAdded,
-    MemberRemoved, MemberUpdated, MessageCreated, MessageDeleted, MessageMentioned,
-    MessageUpdated, ModerationAction, WebhookPing,
+    MemberRemoved, MemberUpdated, MessageCreated, MessageDeleted, MessageMentioned, MessageUpdated,
+    ModerationAction, UnknownEvent, WebhookPing,
 };
 use crate::rejection::{Outcome, Rejection};
 
-type EventRoute = Arc<dyn Fn(&Envelope) -> Option<BoxFuture<HandlerResult>> + Send + Sync>;
+type EventRoute =
+    Arc<dyn Fn(&Envelope, Option<u32>) -> Option<BoxFuture<HandlerResult>> + Send + Sync>;
 type MalformedRoute = Arc<dyn Fn(&MalformedEvent) -> BoxFuture<HandlerResult> + Send + Sync>;
 
 /// A registry of event handlers, and the service that runs them.
@@ -76,45 +80,47 @@ impl Webhooks {
     /// Registers a handler that runs for the envelopes `select` returns a
     /// payload for. The handler is called inside the future, so a panic
     /// while it builds its future is caught like any other.
-    fn route<T, F, Fut>(mut self, select: fn(&Envelope) -> Option<T>, handler: F) -> Self
+    fn route<T, F, Fut>(mut self, select: fn(&Event) -> Option<T>, handler: F) -> Self
     where
         T: Send + 'static,
-        F: Fn(T) -> Fut + Send + Sync + 'static,
+        F: Fn(Delivery<T>) -> Fut + Send + Sync + 'static,
         Fut: Future<Output = HandlerResult> + Send + 'static,
     {
         let handler = Arc::new(handler);
-        let route: EventRoute = Arc::new(move |envelope| {
-            let payload = select(envelope)?;
+        let route: EventRoute = Arc::new(move |envelope, attempt| {
+            let delivery = Delivery::new(envelope, attempt, select(&envelope.event)?);
             let handler = handler.clone();
-            Some(Box::pin(async move { handler(payload).await }))
+            Some(Box::pin(async move { handler(delivery).await }))
         });
         Arc::make_mut(&mut self.events).push(route);
         self
     }
 
-    /// Runs `handler` for every event of a known type, with its whole
-    /// envelope (id, `created_at`, workspace and event).
+    /// Runs `handler` for every event of a known type, with the whole
+    /// [`Event`] to `match` on.
     pub fn on_any<F, Fut>(self, handler: F) -> Self
     where
-        F: Fn(Envelope) -> Fut + Send + Sync + 'static,
+        F: Fn(Delivery<Event>) -> Fut + Send + Sync + 'static,
         Fut: Future<Output = HandlerResult> + Send + 'static,
     {
         self.route(
-            |envelope| (!matches!(envelope.event, Event::Unknown(_))).then(|| envelope.clone()),
+            |event| (!matches!(event, Event::Unknown(_))).then(|| event.clone()),
             handler,
         )
     }
 
-    /// Runs `handler` for event types this version does not know, with the
-    /// envelope; its event is [`Event::Unknown`], holding the type and raw
-    /// data. Without such a handler they are acknowledged.
+    /// Runs `handler` for event types this version does not know, with their
+    /// type and raw data. Without such a handler they are acknowledged.
     pub fn on_unknown<F, Fut>(self, handler: F) -> Self
     where
-        F: Fn(Envelope) -> Fut + Send + Sync + 'static,
+        F: Fn(Delivery<UnknownEvent>) -> Fut + Send + Sync + 'static,
         Fut: Future<Output = HandlerResult> + Send + 'static,
     {
         self.route(
-            |envelope| matches!(envelope.event, Event::Unknown(_)).then(|| envelope.clone()),
+            |event| match event {
+                Event::Unknown(unknown) => Some(unknown.clone()),
+                _ => None,
+            },
             handler,
         )
     }
@@ -144,11 +150,11 @@ macro_rules! typed_handlers {
                 $(#[$doc])*
                 pub fn $method<F, Fut>(self, handler: F) -> Self
                 where
-                    F: Fn($payload) -> Fut + Send + Sync + 'static,
+                    F: Fn(Delivery<$payload>) -> Fut + Send + Sync + 'static,
                     Fut: Future<Output = HandlerResult> + Send + 'static,
                 {
                     self.route(
-                        |envelope| match &envelope.event {
+                        |event| match event {
                             Event::$variant(payload) => Some((**payload).clone()),
                             _ => None,
                         },
@@ -224,8 +230,15 @@ impl<B> Service<Request<B>> for Webhooks {
 impl Webhooks {
     /// Runs the matching handlers; `Ok(false)` when none matched.
     async fn dispatch(&self, delivery: VerifiedDelivery) -> Result<bool, Rejection> {
+        let attempt = delivery.attempt();
         match delivery.into_payload() {
-            Ok(envelope) => run(self.events.iter().filter_map(|route| route(&envelope))).await,
+            Ok(envelope) => {
+                run(self
+                    .events
+                    .iter()
+                    .filter_map(|route| route(&envelope, attempt)))
+                .await
+            }
             Err(_) if self.malformed.is_empty() => {
                 tracing::error!("no on_malformed handler: answering 500 so the sender retries");
                 Err(Rejection::MalformedEvent)

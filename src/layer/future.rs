@@ -102,9 +102,9 @@ where
     ) -> Poll<Option<Result<Frame<Bytes>, Self::Error>>> {
         match self.project().kind.project() {
             KindProj::Inner { body } => body.poll_frame(cx),
-            KindProj::Rejection { body } => body
-                .poll_frame(cx)
-                .map(|frame| frame.map(|result| result.map_err(|never: Infallible| match never {}))),
+            KindProj::Rejection { body } => body.poll_frame(cx).map(|frame| {
+                frame.map(|result| result.map_err(|never: Infallible| match never {}))
+            }),
         }
     }
 

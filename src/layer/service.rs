@@ -121,7 +121,13 @@ where
     let span = Span::current();
     span.record("status", response.status().as_u16());
     let outcome = response.extensions().get::<Outcome>().map_or_else(
-        || if response.status().is_success() { "handled" } else { "failed" },
+        || {
+            if response.status().is_success() {
+                "handled"
+            } else {
+                "failed"
+            }
+        },
         |outcome| outcome.0,
     );
     span.record("outcome", outcome);
@@ -192,7 +198,10 @@ fn reject(rejection: &Rejection) -> Response<BytesBody> {
 }
 
 /// Everything that can be checked before reading the body, in order.
-fn check_request<B: Body>(request: &Request<B>, config: &Config) -> Result<DeliveryHeaders, Rejection> {
+fn check_request<B: Body>(
+    request: &Request<B>,
+    config: &Config,
+) -> Result<DeliveryHeaders, Rejection> {
     if request.method() != Method::POST {
         return Err(Rejection::MethodNotAllowed);
     }
