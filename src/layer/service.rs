@@ -131,6 +131,11 @@ where
         |outcome| outcome.0,
     );
     span.record("outcome", outcome);
+    tracing::debug!(
+        status = response.status().as_u16(),
+        outcome,
+        "delivery answered"
+    );
     Ok(response.map(ResponseBody::inner))
 }
 

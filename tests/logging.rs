@@ -1,0 +1,113 @@
+//! What the crate logs: a span per delivery with its id, type, attempt and
+//! outcome; never the body, the secret or a MAC.
+
+mod common;
+
+use std::io::Write;
+use std::sync::{Arc, Mutex};
+
+use axum::routing::post_service;
+use axum::Router;
+use cariosan_webhooks::{CariosanWebhookLayer, HandlerError, Webhooks};
+use common::*;
+use tower::ServiceExt;
+
+#[derive(Clone, Default)]
+struct Captured(Arc<Mutex<Vec<u8>>>);
+
+impl Write for Captured {
+    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+        self.0.lock().unwrap().extend_from_slice(buf);
+        Ok(buf.len())
+    }
+    fn flush(&mut self) -> std::io::Result<()> {
+        Ok(())
+    }
+}
+
+fn request(
+    id: &str,
+    event_type: &str,
+    signature: &str,
+    body: &[u8],
+) -> http::Request<axum::body::Body> {
+    let mut builder = http::Request::post("/webhooks/cariosan");
+    for (name, value) in delivery_headers(id, event_type, signature) {
+        builder = builder.header(name, value);
+    }
+    builder.body(axum::body::Body::from(body.to_vec())).unwrap()
+}
+
+#[tokio::test]
+async fn logs_carry_the_delivery_and_never_the_body_secret_or_mac() {
+    let captured = Captured::default();
+    let writer = captured.clone();
+    let subscriber = tracing_subscriber::fmt()
+        .with_max_level(tracing::Level::TRACE)
+        .with_writer(move || writer.clone())
+        .with_ansi(false)
+        .finish();
+    let _guard = tracing::subscriber::set_default(subscriber);
+
+    let app = Router::new()
+        .route(
+            "/webhooks/cariosan",
+            post_service(Webhooks::new().on_message_created(|event| async move {
+                if event.message.content.contains("fail") {
+                    return Err(HandlerError::msg("storage unavailable"));
+                }
+                Ok(())
+            })),
+        )
+        .layer(CariosanWebhookLayer::new(SECRET));
+
+    let id = "evt_01JDB7Q3KX2W9V0M4T8R6N5P1A";
+    let body = fixture("events/message.created.json");
+    let good = independent_signature(SECRET, id, now(), &body);
+    let failing = String::from_utf8(body.clone())
+        .unwrap()
+        .replace("Halo, pesanan", "fail pesanan");
+    let failing_signature = independent_signature(SECRET, id, now(), failing.as_bytes());
+    let wrong = independent_signature("whsec_wrong", id, now(), &body);
+    let invalid = b"{\"id\": \"not json at all";
+    let invalid_signature = independent_signature(SECRET, id, now(), invalid);
+    let cases: [(&str, &[u8], u16); 4] = [
+        (&good, &body, 200),
+        (&failing_signature, failing.as_bytes(), 500),
+        (&wrong, &body, 401),
+        (&invalid_signature, invalid, 400),
+    ];
+    for (signature, body, status) in cases {
+        let response = app
+            .clone()
+            .oneshot(request(id, "message.created", signature, body))
+            .await
+            .unwrap();
+        assert_eq!(response.status().as_u16(), status);
+    }
+
+    let logs = String::from_utf8(captured.0.lock().unwrap().clone()).unwrap();
+    assert!(
+        logs.contains(&format!("delivery_id=\"{id}\""))
+            || logs.contains(&format!("delivery_id={id}")),
+        "{logs}"
+    );
+    assert!(logs.contains("event_type"), "{logs}");
+    assert!(logs.contains("signature_mismatch"), "{logs}");
+    assert!(logs.contains("envelope_invalid"), "{logs}");
+    assert!(logs.contains("storage unavailable"), "{logs}");
+    assert!(logs.contains("outcome"), "{logs}");
+    for secret_thing in [
+        SECRET,
+        "whsec_wrong",
+        &good[good.len() - 64..],
+        &wrong[wrong.len() - 64..],
+        "Halo, pesanan",
+        "not json at all",
+    ] {
+        assert!(
+            !logs.contains(secret_thing),
+            "logs contain {secret_thing:?}:\n{logs}"
+        );
+    }
+}
