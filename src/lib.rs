@@ -98,13 +98,15 @@ mod extract;
 pub mod layer;
 #[cfg(feature = "layer")]
 mod rejection;
+#[cfg(feature = "layer")]
+pub mod store;
 
 #[cfg(feature = "layer")]
 pub use body::BytesBody;
 #[cfg(feature = "layer")]
 pub use delivery::VerifiedDelivery;
 #[cfg(feature = "layer")]
-pub use dispatch::{Delivery, HandlerError, HandlerResult, Webhooks};
+pub use dispatch::{Delivery, GivenUp, HandlerError, HandlerResult, Webhooks};
 #[cfg(feature = "axum")]
 pub use extract::VerifiedEvent;
 #[cfg(feature = "layer")]

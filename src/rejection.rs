@@ -3,6 +3,7 @@
 
 use std::error::Error;
 use std::fmt;
+use std::time::Duration;
 
 use http::{header, HeaderValue, Response, StatusCode};
 
@@ -64,6 +65,42 @@ pub enum Rejection {
     HandlerFailed,
     /// A handler panicked. `500 handler_panicked`.
     HandlerPanicked,
+    /// Another copy of this delivery is being handled right now.
+    /// `503 delivery_in_progress` with `Retry-After`.
+    DeliveryInProgress {
+        /// When to try again.
+        retry_after: Duration,
+    },
+    /// The handlers are still running past the time budget; they go on, and
+    /// their outcome answers the sender's retry. `503 handler_still_running`
+    /// with `Retry-After`.
+    HandlerStillRunning {
+        /// When to try again.
+        retry_after: Duration,
+    },
+    /// A handler asked for the delivery to be retried later.
+    /// `503 retry_later` with `Retry-After`.
+    RetryLater {
+        /// When to try again.
+        retry_after: Duration,
+    },
+    /// As many handler runs as allowed are under way. `503 overloaded` with
+    /// `Retry-After`.
+    Overloaded {
+        /// When to try again.
+        retry_after: Duration,
+    },
+    /// The receiver is shutting down. `503 shutting_down` with `Retry-After`.
+    ShuttingDown {
+        /// When to try again.
+        retry_after: Duration,
+    },
+    /// The idempotency store could not be reached. `503 store_unavailable`
+    /// with `Retry-After`.
+    StoreUnavailable {
+        /// When to try again.
+        retry_after: Duration,
+    },
 }
 
 impl Rejection {
@@ -87,6 +124,12 @@ impl Rejection {
             | Self::MalformedEvent
             | Self::HandlerFailed
             | Self::HandlerPanicked => StatusCode::INTERNAL_SERVER_ERROR,
+            Self::DeliveryInProgress { .. }
+            | Self::HandlerStillRunning { .. }
+            | Self::RetryLater { .. }
+            | Self::Overloaded { .. }
+            | Self::ShuttingDown { .. }
+            | Self::StoreUnavailable { .. } => StatusCode::SERVICE_UNAVAILABLE,
         }
     }
 
@@ -109,11 +152,31 @@ impl Rejection {
             Self::MalformedEvent => "event_malformed",
             Self::HandlerFailed => "handler_failed",
             Self::HandlerPanicked => "handler_panicked",
+            Self::DeliveryInProgress { .. } => "delivery_in_progress",
+            Self::HandlerStillRunning { .. } => "handler_still_running",
+            Self::RetryLater { .. } => "retry_later",
+            Self::Overloaded { .. } => "overloaded",
+            Self::ShuttingDown { .. } => "shutting_down",
+            Self::StoreUnavailable { .. } => "store_unavailable",
+        }
+    }
+
+    /// How long the sender should wait before retrying, on a `503`.
+    pub fn retry_after(&self) -> Option<Duration> {
+        match self {
+            Self::DeliveryInProgress { retry_after }
+            | Self::HandlerStillRunning { retry_after }
+            | Self::RetryLater { retry_after }
+            | Self::Overloaded { retry_after }
+            | Self::ShuttingDown { retry_after }
+            | Self::StoreUnavailable { retry_after } => Some(*retry_after),
+            _ => None,
         }
     }
 
     /// The answer as an HTTP response: the status, the code as
-    /// `text/plain`, and `Allow: POST` on a 405.
+    /// `text/plain`, `Allow: POST` on a 405 and `Retry-After` (whole seconds,
+    /// rounded up) on a 503.
     pub fn to_response(&self) -> Response<BytesBody> {
         let mut response = Response::new(BytesBody::from(self.code()));
         *response.status_mut() = self.status();
@@ -124,6 +187,10 @@ impl Rejection {
         );
         if matches!(self, Self::MethodNotAllowed) {
             headers.insert(header::ALLOW, HeaderValue::from_static("POST"));
+        }
+        if let Some(retry_after) = self.retry_after() {
+            let seconds = retry_after.as_secs() + u64::from(retry_after.subsec_nanos() > 0);
+            headers.insert(header::RETRY_AFTER, HeaderValue::from(seconds.max(1)));
         }
         response.extensions_mut().insert(Outcome(self.code()));
         response
@@ -149,6 +216,12 @@ impl fmt::Display for Rejection {
             Self::MalformedEvent => f.write_str("Failed to handle the event: its data does not fit the model and no on_malformed handler took it"),
             Self::HandlerFailed => f.write_str("Failed to handle the event: a handler returned an error"),
             Self::HandlerPanicked => f.write_str("Failed to handle the event: a handler panicked"),
+            Self::DeliveryInProgress { .. } => f.write_str("Failed to start the handlers: another copy of this delivery is being handled"),
+            Self::HandlerStillRunning { .. } => f.write_str("Failed to finish the handlers within the time budget; they go on running"),
+            Self::RetryLater { .. } => f.write_str("Failed to handle the event now: a handler asked for a retry later"),
+            Self::Overloaded { .. } => f.write_str("Failed to start the handlers: too many are running"),
+            Self::ShuttingDown { .. } => f.write_str("Failed to start the handlers: the receiver is shutting down"),
+            Self::StoreUnavailable { .. } => f.write_str("Failed to reach the idempotency store"),
         }
     }
 }
@@ -168,6 +241,14 @@ impl axum_core::response::IntoResponse for Rejection {
     fn into_response(self) -> axum_core::response::Response {
         self.to_response().map(axum_core::body::Body::new)
     }
+}
+
+/// A `200` acknowledgement whose body is the outcome: `handled`, `ignored`,
+/// `given_up` or `duplicate`.
+pub(crate) fn acknowledge(outcome: &'static str) -> Response<BytesBody> {
+    let mut response = Response::new(BytesBody::from(outcome));
+    response.extensions_mut().insert(Outcome(outcome));
+    response
 }
 
 /// The outcome code of a delivery, set as a response extension by the crate

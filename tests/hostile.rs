@@ -73,10 +73,17 @@ fn check(name: &str, reply: &Reply, status: u16, code: &str) {
     );
 }
 
-/// The server still handles a good delivery after whatever came before.
+/// The server still handles a good (new) delivery after whatever came
+/// before.
 async fn still_serving(server: &Server) {
     let before = server.runs.load(Ordering::SeqCst);
-    let reply = send_signed(server.addr, ID, TYPE, &body()).await;
+    let reply = send_signed(
+        server.addr,
+        "evt_afterwards",
+        TYPE,
+        &with_id(&body(), "evt_afterwards"),
+    )
+    .await;
     check("a good delivery afterwards", &reply, 200, "handled");
     assert_eq!(server.runs.load(Ordering::SeqCst), before + 1);
 }
@@ -414,9 +421,9 @@ async fn hostile_signed_bodies() {
         ),
         signed_body_case(
             "moderately nested unknown data",
-            "evt_h1",
+            "evt_h3",
             "poll.closed",
-            unknown(&deep(100)),
+            with_id(&unknown(&deep(100)), "evt_h3"),
             200,
             "ignored",
         ),
@@ -436,8 +443,14 @@ async fn hostile_signed_bodies() {
 #[tokio::test]
 async fn encodings_content_types_and_attempts() {
     let server = server().await;
-    let body = body();
-    let mut gzip = signed_headers(ID, TYPE, &body);
+    // Each accepted case is a distinct delivery, not a duplicate.
+    let delivery = |n: u32| {
+        let id = format!("evt_enc_{n}");
+        let body = with_id(&body(), &id);
+        let headers = signed_headers(&id, TYPE, &body);
+        (headers, body)
+    };
+    let (mut gzip, body) = delivery(1);
     gzip.push(("Content-Encoding".into(), "gzip".into()));
     check(
         "Content-Encoding: gzip",
@@ -445,7 +458,7 @@ async fn encodings_content_types_and_attempts() {
         415,
         "content_encoding_unsupported",
     );
-    let mut identity = signed_headers(ID, TYPE, &body);
+    let (mut identity, body) = delivery(2);
     identity.push(("Content-Encoding".into(), "identity".into()));
     check(
         "Content-Encoding: identity",
@@ -453,7 +466,7 @@ async fn encodings_content_types_and_attempts() {
         200,
         "handled",
     );
-    let mut text_plain = signed_headers(ID, TYPE, &body);
+    let (mut text_plain, body) = delivery(3);
     text_plain[0].1 = "text/plain".into();
     check(
         "the wrong Content-Type",
@@ -461,7 +474,7 @@ async fn encodings_content_types_and_attempts() {
         200,
         "handled",
     );
-    let mut no_type = signed_headers(ID, TYPE, &body);
+    let (mut no_type, body) = delivery(4);
     no_type.remove(0);
     check(
         "no Content-Type",
@@ -469,7 +482,7 @@ async fn encodings_content_types_and_attempts() {
         200,
         "handled",
     );
-    let mut attempt = signed_headers(ID, TYPE, &body);
+    let (mut attempt, body) = delivery(5);
     attempt[4].1 = "not-a-number".into();
     check(
         "a non-numeric attempt",

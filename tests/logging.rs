@@ -64,20 +64,22 @@ async fn logs_carry_the_delivery_and_never_the_body_secret_or_mac() {
     let id = "evt_01JDB7Q3KX2W9V0M4T8R6N5P1A";
     let body = fixture("events/message.created.json");
     let good = independent_signature(SECRET, id, now(), &body);
-    let failing = String::from_utf8(body.clone())
+    // A distinct delivery: the same id would be a handled duplicate.
+    let failing_id = "evt_failing";
+    let failing = String::from_utf8(with_id(&body, failing_id))
         .unwrap()
         .replace("Halo, pesanan", "fail pesanan");
-    let failing_signature = independent_signature(SECRET, id, now(), failing.as_bytes());
+    let failing_signature = independent_signature(SECRET, failing_id, now(), failing.as_bytes());
     let wrong = independent_signature("whsec_wrong", id, now(), &body);
     let invalid = b"{\"id\": \"not json at all";
     let invalid_signature = independent_signature(SECRET, id, now(), invalid);
-    let cases: [(&str, &[u8], u16); 4] = [
-        (&good, &body, 200),
-        (&failing_signature, failing.as_bytes(), 500),
-        (&wrong, &body, 401),
-        (&invalid_signature, invalid, 400),
+    let cases: [(&str, &str, &[u8], u16); 4] = [
+        (id, &good, &body, 200),
+        (failing_id, &failing_signature, failing.as_bytes(), 500),
+        (id, &wrong, &body, 401),
+        (id, &invalid_signature, invalid, 400),
     ];
-    for (signature, body, status) in cases {
+    for (id, signature, body, status) in cases {
         let response = app
             .clone()
             .oneshot(request(id, "message.created", signature, body))

@@ -19,7 +19,10 @@
 //!   should therefore be idempotent, as at-least-once delivery requires
 //!   anyway.
 //! - A handler error answers `500 handler_failed`, a panic `500
-//!   handler_panicked` (the server keeps serving). A delivery that no handler
+//!   handler_panicked` (the server keeps serving);
+//!   [`HandlerError::retry_later`] answers `503 retry_later` with
+//!   `Retry-After`, and [`HandlerError::give_up`] acknowledges `200
+//!   given_up` and calls the [`on_give_up`](Webhooks::on_give_up) hook. A delivery that no handler
 //!   matches is acknowledged `200 ignored`; one that ran handlers is `200
 //!   handled`. A malformed delivery with no `on_malformed` handler is `500
 //!   event_malformed`: it is never acknowledged unseen, and the sender keeps
@@ -41,10 +44,11 @@ use std::sync::Arc;
 use std::task::{Context, Poll};
 
 use futures_util::FutureExt;
-use http::{Request, Response, StatusCode};
+use http::{Request, Response};
 use tower_service::Service;
 
 pub use delivery::Delivery;
+use handler::Directive;
 pub use handler::{HandlerError, HandlerResult};
 
 use crate::body::BytesBody;
@@ -55,11 +59,25 @@ use crate::model::{
     MemberRemoved, MemberUpdated, MessageCreated, MessageDeleted, MessageMentioned, MessageUpdated,
     ModerationAction, UnknownEvent, WebhookPing,
 };
-use crate::rejection::{Outcome, Rejection};
+use crate::rejection::{acknowledge, Rejection};
 
 type EventRoute =
     Arc<dyn Fn(&Envelope, Option<u32>) -> Option<BoxFuture<HandlerResult>> + Send + Sync>;
 type MalformedRoute = Arc<dyn Fn(&MalformedEvent) -> BoxFuture<HandlerResult> + Send + Sync>;
+type GiveUpHook = Arc<dyn Fn(&GivenUp) + Send + Sync>;
+
+/// A delivery a handler gave up on with [`HandlerError::give_up`]: it was
+/// acknowledged without being handled.
+#[derive(Debug)]
+#[non_exhaustive]
+pub struct GivenUp {
+    /// The delivery id.
+    pub id: crate::model::EventId,
+    /// The event type.
+    pub event_type: String,
+    /// Why the handler gave up.
+    pub error: HandlerError,
+}
 
 /// A registry of event handlers, and the service that runs them.
 ///
@@ -69,6 +87,7 @@ type MalformedRoute = Arc<dyn Fn(&MalformedEvent) -> BoxFuture<HandlerResult> + 
 pub struct Webhooks {
     events: Arc<Vec<EventRoute>>,
     malformed: Arc<Vec<MalformedRoute>>,
+    give_up: Option<GiveUpHook>,
 }
 
 impl Webhooks {
@@ -141,6 +160,14 @@ impl Webhooks {
         Arc::make_mut(&mut self.malformed).push(route);
         self
     }
+
+    /// Calls `hook` for every delivery a handler gave up on with
+    /// [`HandlerError::give_up`] (they are also logged as errors): put them
+    /// on a dead-letter list, say.
+    pub fn on_give_up(mut self, hook: impl Fn(&GivenUp) + Send + Sync + 'static) -> Self {
+        self.give_up = Some(Arc::new(hook));
+        self
+    }
 }
 
 macro_rules! typed_handlers {
@@ -198,6 +225,7 @@ impl std::fmt::Debug for Webhooks {
         f.debug_struct("Webhooks")
             .field("event_handlers", &self.events.len())
             .field("malformed_handlers", &self.malformed.len())
+            .field("give_up_hook", &self.give_up.is_some())
             .finish()
     }
 }
@@ -220,7 +248,9 @@ impl<B> Service<Request<B>> for Webhooks {
                 None => Err(crate::not_verified()),
             };
             Ok(match outcome {
-                Ok(ran) => acknowledge(if ran { "handled" } else { "ignored" }),
+                Ok(Ran::All) => acknowledge("handled"),
+                Ok(Ran::None) => acknowledge("ignored"),
+                Ok(Ran::GaveUp(_)) => acknowledge("given_up"),
                 Err(rejection) => rejection.to_response(),
             })
         })
@@ -228,10 +258,11 @@ impl<B> Service<Request<B>> for Webhooks {
 }
 
 impl Webhooks {
-    /// Runs the matching handlers; `Ok(false)` when none matched.
-    async fn dispatch(&self, delivery: VerifiedDelivery) -> Result<bool, Rejection> {
+    /// Runs the matching handlers.
+    async fn dispatch(&self, delivery: VerifiedDelivery) -> Result<Ran, Rejection> {
         let attempt = delivery.attempt();
-        match delivery.into_payload() {
+        let (id, event_type) = (delivery.id().clone(), delivery.event_type().to_owned());
+        let ran = match delivery.into_payload() {
             Ok(envelope) => {
                 run(self
                     .events
@@ -241,25 +272,52 @@ impl Webhooks {
             }
             Err(_) if self.malformed.is_empty() => {
                 tracing::error!("no on_malformed handler: answering 500 so the sender retries");
-                Err(Rejection::MalformedEvent)
+                return Err(Rejection::MalformedEvent);
             }
             Err(malformed) => run(self.malformed.iter().map(|route| route(&malformed))).await,
+        }?;
+        if let Ran::GaveUp(error) = ran {
+            tracing::error!(%error, "a handler gave up on the delivery: acknowledging it unhandled");
+            let given_up = GivenUp {
+                id,
+                event_type,
+                error,
+            };
+            if let Some(hook) = &self.give_up {
+                hook(&given_up);
+            }
+            return Ok(Ran::GaveUp(given_up.error));
         }
+        Ok(ran)
     }
 }
 
-/// Runs handlers one after another; the first failure or panic stops the
-/// run.
-async fn run(handlers: impl Iterator<Item = BoxFuture<HandlerResult>>) -> Result<bool, Rejection> {
-    let mut ran = false;
+/// How a run of handlers ended, short of a failure.
+enum Ran {
+    None,
+    All,
+    GaveUp(HandlerError),
+}
+
+/// Runs handlers one after another; the first failure, panic or give-up
+/// stops the run.
+async fn run(handlers: impl Iterator<Item = BoxFuture<HandlerResult>>) -> Result<Ran, Rejection> {
+    let mut ran = Ran::None;
     for handler in handlers {
-        ran = true;
+        ran = Ran::All;
         match AssertUnwindSafe(handler).catch_unwind().await {
             Ok(Ok(())) => {}
-            Ok(Err(error)) => {
-                tracing::error!(%error, "handler failed: answering 500 so the sender retries");
-                return Err(Rejection::HandlerFailed);
-            }
+            Ok(Err(error)) => match error.directive() {
+                Directive::GiveUp => return Ok(Ran::GaveUp(error)),
+                Directive::RetryAfter(retry_after) => {
+                    tracing::warn!(%error, "a handler asked for a retry later");
+                    return Err(Rejection::RetryLater { retry_after });
+                }
+                Directive::Fail => {
+                    tracing::error!(%error, "handler failed: answering 500 so the sender retries");
+                    return Err(Rejection::HandlerFailed);
+                }
+            },
             Err(_panic) => {
                 tracing::error!("handler panicked: answering 500 so the sender retries");
                 return Err(Rejection::HandlerPanicked);
@@ -267,11 +325,4 @@ async fn run(handlers: impl Iterator<Item = BoxFuture<HandlerResult>>) -> Result
         }
     }
     Ok(ran)
-}
-
-fn acknowledge(outcome: &'static str) -> Response<BytesBody> {
-    let mut response = Response::new(BytesBody::from(outcome));
-    *response.status_mut() = StatusCode::OK;
-    response.extensions_mut().insert(Outcome(outcome));
-    response
 }

@@ -30,7 +30,7 @@ pin_project! {
 
 impl<B, E> ResponseFuture<B, E> {
     pub(crate) fn rejected(response: Response<BytesBody>) -> Self {
-        let response = response.map(ResponseBody::rejection);
+        let response = response.map(ResponseBody::own);
         Self {
             state: State::Rejected {
                 response: Some(response),
@@ -60,7 +60,7 @@ impl<B, E> Future for ResponseFuture<B, E> {
 
 pin_project! {
     /// The response body of [`CariosanWebhookService`](super::CariosanWebhookService):
-    /// the inner service's, or the layer's own rejection.
+    /// the inner service's, or the layer's own answer.
     pub struct ResponseBody<B> {
         #[pin]
         kind: Kind<B>,
@@ -71,7 +71,7 @@ pin_project! {
     #[project = KindProj]
     enum Kind<B> {
         Inner { #[pin] body: B },
-        Rejection { #[pin] body: BytesBody },
+        Own { #[pin] body: BytesBody },
     }
 }
 
@@ -82,9 +82,9 @@ impl<B> ResponseBody<B> {
         }
     }
 
-    pub(crate) fn rejection(body: BytesBody) -> Self {
+    pub(crate) fn own(body: BytesBody) -> Self {
         Self {
-            kind: Kind::Rejection { body },
+            kind: Kind::Own { body },
         }
     }
 }
@@ -102,7 +102,7 @@ where
     ) -> Poll<Option<Result<Frame<Bytes>, Self::Error>>> {
         match self.project().kind.project() {
             KindProj::Inner { body } => body.poll_frame(cx),
-            KindProj::Rejection { body } => body.poll_frame(cx).map(|frame| {
+            KindProj::Own { body } => body.poll_frame(cx).map(|frame| {
                 frame.map(|result| result.map_err(|never: Infallible| match never {}))
             }),
         }
@@ -111,14 +111,14 @@ where
     fn is_end_stream(&self) -> bool {
         match &self.kind {
             Kind::Inner { body } => body.is_end_stream(),
-            Kind::Rejection { body } => body.is_end_stream(),
+            Kind::Own { body } => body.is_end_stream(),
         }
     }
 
     fn size_hint(&self) -> SizeHint {
         match &self.kind {
             Kind::Inner { body } => body.size_hint(),
-            Kind::Rejection { body } => body.size_hint(),
+            Kind::Own { body } => body.size_hint(),
         }
     }
 }

@@ -48,10 +48,15 @@
 pub(crate) mod future;
 #[allow(clippy::module_inception)]
 mod layer;
+mod run;
 mod service;
 
 pub use future::{ResponseBody, ResponseFuture};
-pub use layer::{CariosanWebhookLayer, DEFAULT_BODY_LIMIT, DEFAULT_BODY_TIMEOUT};
+pub use layer::{
+    CariosanWebhookLayer, DEFAULT_BODY_LIMIT, DEFAULT_BODY_TIMEOUT, DEFAULT_HANDLER_BUDGET,
+    DEFAULT_LEASE, DEFAULT_MAX_CONCURRENCY, DEFAULT_RETENTION, DEFAULT_RETRY_AFTER,
+};
+pub use run::{Drained, ShutdownHandle};
 pub use service::{
     CariosanWebhookService, ATTEMPT_HEADER, DELIVERY_HEADER, EVENT_HEADER, SIGNATURE_HEADER,
 };

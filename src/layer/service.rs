@@ -10,10 +10,12 @@ use tracing::{field, Instrument, Span};
 
 use super::future::{ResponseBody, ResponseFuture};
 use super::layer::Config;
+use super::run::RunOutcome;
 use crate::body::BytesBody;
 use crate::delivery::VerifiedDelivery;
 use crate::model::{Envelope, EventId, ParseError};
-use crate::rejection::{Outcome, Rejection};
+use crate::rejection::{acknowledge, Outcome, Rejection};
+use crate::store::Claim;
 use crate::verify::is_valid_delivery_id;
 
 /// `X-Cariosan-Delivery`.
@@ -59,6 +61,7 @@ impl<S, ReqBody, ResBody> Service<Request<ReqBody>> for CariosanWebhookService<S
 where
     S: Service<Request<BytesBody>, Response = Response<ResBody>> + Clone + Send + 'static,
     S::Future: Send + 'static,
+    S::Error: Send + 'static,
     ReqBody: Body + Send + 'static,
     ReqBody::Data: Send,
     ReqBody::Error: Into<BoxError>,
@@ -105,21 +108,55 @@ async fn verify_and_call<S, ReqBody, ResBody>(
 ) -> Result<Response<ResponseBody<ResBody>>, S::Error>
 where
     S: Service<Request<BytesBody>, Response = Response<ResBody>>,
+    S::Future: Send + 'static,
+    S::Error: Send + 'static,
     ReqBody: Body,
     ReqBody::Error: Into<BoxError>,
+    ResBody: Send + 'static,
 {
     let (mut parts, body) = request.into_parts();
-    let verified = match read_and_verify(body, &config, &headers).await {
+    let (bytes, delivery) = match read_and_verify(body, &config, &headers).await {
         Ok(verified) => verified,
-        Err(rejection) => return Ok(reject(&rejection).map(ResponseBody::rejection)),
+        Err(rejection) => return Ok(own(reject(&rejection))),
     };
-    let (bytes, delivery) = verified;
+    let deliveries = &config.deliveries;
+    let retry_after = deliveries.retry_after;
+    if deliveries.tracker.is_closing() {
+        return Ok(own(reject(&Rejection::ShuttingDown { retry_after })));
+    }
+    let Ok(permit) = deliveries.limiter.clone().try_acquire_owned() else {
+        return Ok(own(reject(&Rejection::Overloaded { retry_after })));
+    };
+    let token = match deliveries.store.claim(&headers.id, deliveries.lease).await {
+        Ok(Claim::Claimed(token)) => token,
+        Ok(Claim::Completed) => {
+            record(200, "duplicate");
+            tracing::info!(
+                "duplicate of a handled delivery: acknowledged without running handlers"
+            );
+            return Ok(own(acknowledge("duplicate")));
+        }
+        Ok(Claim::InProgress { .. }) => {
+            return Ok(own(reject(&Rejection::DeliveryInProgress { retry_after })));
+        }
+        Err(error) => {
+            tracing::error!(%error, "the idempotency store is unavailable");
+            return Ok(own(reject(&Rejection::StoreUnavailable { retry_after })));
+        }
+    };
     parts.extensions.insert(delivery);
-    let response = inner
-        .call(Request::from_parts(parts, BytesBody::from(bytes)))
-        .await?;
-    let span = Span::current();
-    span.record("status", response.status().as_u16());
+    let call = inner.call(Request::from_parts(parts, BytesBody::from(bytes)));
+    let outcome = deliveries
+        .run(headers.id.clone(), token, permit, call)
+        .await;
+    let response = match outcome {
+        Some(RunOutcome::Finished(result)) => result?,
+        Some(RunOutcome::Panicked) => return Ok(own(reject(&Rejection::HandlerPanicked))),
+        Some(RunOutcome::Abandoned) => {
+            return Ok(own(reject(&Rejection::ShuttingDown { retry_after })))
+        }
+        None => return Ok(own(reject(&Rejection::HandlerStillRunning { retry_after }))),
+    };
     let outcome = response.extensions().get::<Outcome>().map_or_else(
         || {
             if response.status().is_success() {
@@ -130,13 +167,25 @@ where
         },
         |outcome| outcome.0,
     );
-    span.record("outcome", outcome);
+    record(response.status().as_u16(), outcome);
     tracing::debug!(
         status = response.status().as_u16(),
         outcome,
         "delivery answered"
     );
     Ok(response.map(ResponseBody::inner))
+}
+
+/// The crate's own response, in the layer's body type.
+fn own<B>(response: Response<BytesBody>) -> Response<ResponseBody<B>> {
+    response.map(ResponseBody::own)
+}
+
+/// Records the answer on the delivery's span.
+fn record(status: u16, outcome: &str) {
+    let span = Span::current();
+    span.record("status", status);
+    span.record("outcome", outcome);
 }
 
 /// Reads the body within the limits, verifies it, parses it, and checks the
@@ -195,9 +244,7 @@ where
 
 /// Logs a rejection on the delivery's span and builds its response.
 fn reject(rejection: &Rejection) -> Response<BytesBody> {
-    let span = Span::current();
-    span.record("status", rejection.status().as_u16());
-    span.record("outcome", rejection.code());
+    record(rejection.status().as_u16(), rejection.code());
     tracing::warn!(code = rejection.code(), "delivery rejected: {rejection}");
     rejection.to_response()
 }

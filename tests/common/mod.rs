@@ -144,3 +144,13 @@ pub async fn send(addr: SocketAddr, headers: &[(String, String)], body: &[u8]) -
         .collect();
     raw(addr, &request(&headers, body)).await
 }
+
+/// The body with its envelope id replaced: a distinct delivery of the same
+/// event, for tests that must not be taken as duplicates.
+pub fn with_id(body: &[u8], new_id: &str) -> Vec<u8> {
+    let text = String::from_utf8(body.to_vec()).unwrap();
+    let start = text.find("\"id\"").expect("an envelope id");
+    let open = start + text[start + 4..].find('"').unwrap() + 5;
+    let close = open + text[open..].find('"').unwrap();
+    format!("{}{new_id}{}", &text[..open], &text[close..]).into_bytes()
+}

@@ -1,0 +1,128 @@
+//! Idempotency stores: how the layer makes sure one delivery's handlers run
+//! at most once at a time, and never again after they succeeded.
+//!
+//! Before the inner service runs, the layer *claims* the delivery id with a
+//! lease. A copy that arrives while the claim is held is answered `503` with
+//! `Retry-After`; a copy that arrives after success is acknowledged without
+//! running anything. When the inner service answers 2xx the layer
+//! *completes* the id (remembered for the retention, 3 days by default,
+//! longer than Cariosan retries); otherwise it *releases* the claim so that
+//! the sender's retry runs the handlers again. While the handlers run the
+//! layer renews the lease; if the process dies, the lease runs out and the
+//! id can be claimed again.
+//!
+//! - [`MemoryStore`], the default: one process, bounded in entries.
+//! - `RedisStore` (feature `redis`): several replicas share one view.
+//!
+//! Implement [`IdempotencyStore`] for anything else; the operations must be
+//! atomic per id.
+
+mod memory;
+#[cfg(feature = "redis")]
+mod redis;
+
+use std::fmt;
+use std::future::Future;
+use std::pin::Pin;
+use std::time::Duration;
+
+pub use memory::{MemoryStore, DEFAULT_MAX_ENTRIES};
+#[cfg(feature = "redis")]
+pub use redis::RedisStore;
+
+/// A boxed, sendable future, as the store methods return.
+pub type BoxFuture<'a, T> = Pin<Box<dyn Future<Output = T> + Send + 'a>>;
+
+/// What a claim found.
+#[derive(Debug, Clone, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum Claim {
+    /// The id is now claimed by the caller, until the lease runs out.
+    Claimed(ClaimToken),
+    /// Another claim holds the id; it may be retried after about this long.
+    InProgress {
+        /// How long the current claim's lease still runs, if known.
+        remaining: Option<Duration>,
+    },
+    /// The id was handled successfully already.
+    Completed,
+}
+
+/// An atomic claim / complete / release store keyed by delivery id.
+pub trait IdempotencyStore: Send + Sync + 'static {
+    /// Claims `id` for `lease` unless it is completed or claimed by a live
+    /// lease.
+    fn claim<'a>(
+        &'a self,
+        id: &'a str,
+        lease: Duration,
+    ) -> BoxFuture<'a, Result<Claim, StoreError>>;
+
+    /// Extends a claim's lease; `Ok(false)` when `token` no longer holds it.
+    fn renew<'a>(
+        &'a self,
+        id: &'a str,
+        token: &'a ClaimToken,
+        lease: Duration,
+    ) -> BoxFuture<'a, Result<bool, StoreError>>;
+
+    /// Marks `id` handled, remembered for `retention`. Unconditional: the
+    /// handlers did succeed, whoever holds the claim now.
+    fn complete<'a>(
+        &'a self,
+        id: &'a str,
+        retention: Duration,
+    ) -> BoxFuture<'a, Result<(), StoreError>>;
+
+    /// Drops the claim if `token` still holds it, so a retry can run.
+    fn release<'a>(
+        &'a self,
+        id: &'a str,
+        token: &'a ClaimToken,
+    ) -> BoxFuture<'a, Result<(), StoreError>>;
+}
+
+/// Proof of one claim: only its holder may renew or release it.
+#[derive(Clone, PartialEq, Eq, Hash)]
+pub struct ClaimToken(String);
+
+impl ClaimToken {
+    /// A fresh token, unique across processes.
+    pub fn random() -> Self {
+        let mut bytes = [0u8; 16];
+        // The OS random source failing is a broken machine; fall back to a
+        // value that is still unique within this process.
+        if getrandom::fill(&mut bytes).is_err() {
+            use std::sync::atomic::{AtomicU64, Ordering};
+            static FALLBACK: AtomicU64 = AtomicU64::new(1);
+            let n = FALLBACK.fetch_add(1, Ordering::Relaxed);
+            bytes[..8].copy_from_slice(&n.to_le_bytes());
+            bytes[8..].copy_from_slice(&std::process::id().to_le_bytes().repeat(2));
+        }
+        Self(hex::encode(bytes))
+    }
+
+    /// The token as text.
+    pub fn as_str(&self) -> &str {
+        &self.0
+    }
+}
+
+impl fmt::Debug for ClaimToken {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("ClaimToken(..)")
+    }
+}
+
+/// A store could not answer (Redis is down, say). The layer answers `503`,
+/// never an acknowledgement.
+#[derive(Debug, thiserror::Error)]
+#[error("Failed to reach the idempotency store: {0}")]
+pub struct StoreError(#[source] Box<dyn std::error::Error + Send + Sync + 'static>);
+
+impl StoreError {
+    /// Wraps the store's own error.
+    pub fn new(error: impl Into<Box<dyn std::error::Error + Send + Sync + 'static>>) -> Self {
+        Self(error.into())
+    }
+}
