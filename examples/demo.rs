@@ -25,7 +25,7 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
     let app = Router::new()
         .route(
             "/webhooks/cariosan",
-            post_service(support::webhooks(report)),
+            post_service(support::webhooks(report, None)),
         )
         .layer(CariosanWebhookLayer::new(SECRET));
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;

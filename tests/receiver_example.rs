@@ -1,76 +1,20 @@
 //! The `receiver` example as a user deploys it: a real process on
 //! 127.0.0.1, fed every fixture by the independent signer; it must print
-//! exactly one `handled <type> <id> ...` line per delivery its handlers
-//! ran for, and nothing for a forgery.
+//! exactly one `handled <type> <id> ...` line per handler run, and nothing
+//! for a forgery or a duplicate.
 
 mod common;
 
-use std::io::{BufRead, BufReader};
-use std::path::PathBuf;
-use std::process::{Child, Command, Stdio};
-use std::sync::mpsc;
 use std::time::Duration;
 
+use common::process::ReceiverProcess;
 use common::*;
 use serde_json::Value;
 
-struct Killed(Child);
-
-impl Drop for Killed {
-    fn drop(&mut self) {
-        let _ = self.0.kill();
-        let _ = self.0.wait();
-    }
-}
-
-/// `cargo test` builds the examples next to the test binaries; a run of
-/// this test alone builds the one it needs.
-fn example_binary(name: &str) -> PathBuf {
-    let exe = std::env::current_exe().unwrap();
-    let dir = exe.parent().unwrap().parent().unwrap();
-    let path = dir.join("examples").join(name);
-    if !path.exists() {
-        let status = Command::new(env!("CARGO"))
-            .args(["build", "--example", name])
-            .current_dir(env!("CARGO_MANIFEST_DIR"))
-            .status()
-            .unwrap();
-        assert!(status.success(), "building the {name} example failed");
-    }
-    path
-}
-
 #[tokio::test(flavor = "multi_thread")]
 async fn the_receiver_prints_one_line_per_handled_delivery() {
-    let port = std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port();
-    let addr: std::net::SocketAddr = format!("127.0.0.1:{port}").parse().unwrap();
-    let mut child = Command::new(example_binary("receiver"))
-        .env("CARIOSAN_WEBHOOK_SECRET", SECRET)
-        .env("CARIOSAN_WEBHOOK_ADDR", addr.to_string())
-        .env("RUST_LOG", "warn")
-        .stdout(Stdio::piped())
-        .stderr(Stdio::null())
-        .spawn()
-        .unwrap();
-    let stdout = child.stdout.take().unwrap();
-    let _guard = Killed(child);
-    let (lines_tx, lines) = mpsc::channel();
-    std::thread::spawn(move || {
-        for line in BufReader::new(stdout).lines() {
-            let _ = lines_tx.send(line.unwrap());
-        }
-    });
-    for _ in 0..200 {
-        if tokio::net::TcpStream::connect(addr).await.is_ok() {
-            break;
-        }
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
-
+    let receiver = ReceiverProcess::start(&[]);
+    let addr = receiver.addr;
     let index: Value = serde_json::from_slice(&fixture("events/index.json")).unwrap();
     for delivery in index["deliveries"].as_array().unwrap() {
         let field = |k: &str| delivery[k].as_str().unwrap().to_owned();
@@ -82,8 +26,8 @@ async fn the_receiver_prints_one_line_per_handled_delivery() {
             "{}",
             field("name")
         );
-        let line = lines
-            .recv_timeout(Duration::from_secs(10))
+        let line = receiver
+            .line(Duration::from_secs(10))
             .expect("a line per delivery");
         let prefix = format!("handled {} {} ", field("type"), field("delivery"));
         assert!(
@@ -94,19 +38,20 @@ async fn the_receiver_prints_one_line_per_handled_delivery() {
     }
 
     let body = fixture("events/message.created.json");
-    let forged = independent_signature(
-        "whsec_forger",
-        "evt_01JDB7Q3KX2W9V0M4T8R6N5P1A",
-        now(),
-        &body,
-    );
+    let id = "evt_01JDB7Q3KX2W9V0M4T8R6N5P1A";
+    let forged = independent_signature("whsec_forger", id, now(), &body);
     let reply = send(
         addr,
-        &delivery_headers("evt_01JDB7Q3KX2W9V0M4T8R6N5P1A", "message.created", &forged),
+        &delivery_headers(id, "message.created", &forged),
         &body,
     )
     .await;
     assert_eq!(reply.status, 401);
+    let duplicate = send_signed(addr, id, "message.created", &body).await;
+    assert_eq!(
+        (duplicate.status, duplicate.body.as_str()),
+        (200, "duplicate")
+    );
     let unknown = br#"{"id":"evt_u1","type":"poll.closed","created_at":"2026-11-22T03:15:02Z","workspace_id":"ws_1","data":{}}"#;
     assert_eq!(
         send_signed(addr, "evt_u1", "poll.closed", unknown)
@@ -114,9 +59,9 @@ async fn the_receiver_prints_one_line_per_handled_delivery() {
             .status,
         200
     );
-    let line = lines.recv_timeout(Duration::from_secs(10)).unwrap();
+    let line = receiver.line(Duration::from_secs(10)).unwrap();
     assert!(
         line.starts_with("handled poll.closed evt_u1 "),
-        "the forgery printed nothing, the unknown event one line: {line:?}"
+        "the forgery and the duplicate printed nothing, the unknown event one line: {line:?}"
     );
 }

@@ -2,9 +2,10 @@
 //! line per delivery, a tiny HTTP client, and the sample deliveries.
 #![allow(dead_code)]
 
-use std::future::{ready, Ready};
+use std::future::Future;
 use std::net::SocketAddr;
 use std::sync::Arc;
+use std::time::Duration;
 
 use cariosan_webhooks::model::{Message, UserRef};
 use cariosan_webhooks::{Delivery, HandlerResult, Webhooks};
@@ -15,13 +16,21 @@ use hyper_util::rt::TokioIo;
 pub type Report = Arc<dyn Fn(String) + Send + Sync>;
 
 fn handled<T>(
+    delay: Option<Duration>,
     report: &Report,
     delivery: &Delivery<T>,
     event_type: &str,
     summary: String,
-) -> Ready<HandlerResult> {
-    report(format!("handled {event_type} {} {summary}", delivery.id));
-    ready(Ok(()))
+) -> impl Future<Output = HandlerResult> + Send + 'static {
+    let line = format!("handled {event_type} {} {summary}", delivery.id);
+    let report = report.clone();
+    async move {
+        if let Some(delay) = delay {
+            tokio::time::sleep(delay).await;
+        }
+        report(line);
+        Ok(())
+    }
 }
 
 fn who<'a>(user: Option<&'a UserRef>, nobody: &'a str) -> &'a str {
@@ -66,7 +75,8 @@ fn message(message: &Message) -> String {
 
 /// Handlers for every event type and for unknown ones; each delivery whose
 /// handler runs reports exactly one line.
-pub fn webhooks(report: Report) -> Webhooks {
+/// `delay`, if any, makes every handler take that long first.
+pub fn webhooks(report: Report, delay: Option<Duration>) -> Webhooks {
     let r = report;
     let (r1, r2, r3, r4, r5, r6) = (
         r.clone(),
@@ -85,20 +95,28 @@ pub fn webhooks(report: Report) -> Webhooks {
         r.clone(),
     );
     Webhooks::new()
-        .on_message_created(move |e| handled(&r1, &e, "message.created", message(&e.message)))
-        .on_message_updated(move |e| handled(&r2, &e, "message.updated", message(&e.message)))
+        .on_message_created(move |e| {
+            handled(delay, &r1, &e, "message.created", message(&e.message))
+        })
+        .on_message_updated(move |e| {
+            handled(delay, &r2, &e, "message.updated", message(&e.message))
+        })
         .on_message_deleted(move |e| {
             handled(
+                delay,
                 &r3,
                 &e,
                 "message.deleted",
                 format!("{} unsent", e.message.id),
             )
         })
-        .on_message_mentioned(move |e| handled(&r4, &e, "message.mentioned", message(&e.message)))
+        .on_message_mentioned(move |e| {
+            handled(delay, &r4, &e, "message.mentioned", message(&e.message))
+        })
         .on_channel_created(move |e| {
             let c = &e.channel;
             handled(
+                delay,
                 &r5,
                 &e,
                 "channel.created",
@@ -113,6 +131,7 @@ pub fn webhooks(report: Report) -> Webhooks {
         })
         .on_channel_updated(move |e| {
             handled(
+                delay,
                 &r6,
                 &e,
                 "channel.updated",
@@ -125,6 +144,7 @@ pub fn webhooks(report: Report) -> Webhooks {
         })
         .on_channel_deleted(move |e| {
             handled(
+                delay,
                 &r7,
                 &e,
                 "channel.deleted",
@@ -138,6 +158,7 @@ pub fn webhooks(report: Report) -> Webhooks {
                 .map(|m| m.user.external_id.as_str())
                 .collect();
             handled(
+                delay,
                 &r8,
                 &e,
                 "member.added",
@@ -156,6 +177,7 @@ pub fn webhooks(report: Report) -> Webhooks {
                 .map(|m| m.user.external_id.as_str())
                 .collect();
             handled(
+                delay,
                 &r9,
                 &e,
                 "member.removed",
@@ -170,6 +192,7 @@ pub fn webhooks(report: Report) -> Webhooks {
         .on_member_updated(move |e| {
             let m = &e.member;
             handled(
+                delay,
                 &r10,
                 &e,
                 "member.updated",
@@ -181,6 +204,7 @@ pub fn webhooks(report: Report) -> Webhooks {
         })
         .on_moderation_action(move |e| {
             handled(
+                delay,
                 &r11,
                 &e,
                 "moderation.action",
@@ -189,6 +213,7 @@ pub fn webhooks(report: Report) -> Webhooks {
         })
         .on_webhook_ping(move |e| {
             handled(
+                delay,
                 &r12,
                 &e,
                 "webhook.ping",
@@ -201,7 +226,7 @@ pub fn webhooks(report: Report) -> Webhooks {
         })
         .on_unknown(move |e| {
             let summary = format!("unknown type, {} bytes of data", e.data_json().len());
-            handled(&r, &e, e.event_type(), summary)
+            handled(delay, &r, &e, e.event_type(), summary)
         })
 }
 

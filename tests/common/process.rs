@@ -1,0 +1,94 @@
+//! The `receiver` example as a real process.
+
+use std::io::{BufRead, BufReader};
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::process::{Child, Command, Stdio};
+use std::sync::mpsc;
+use std::time::{Duration, Instant};
+
+/// `cargo test` builds the examples next to the test binaries; a run of one
+/// test alone builds the one it needs.
+pub fn example_binary(name: &str) -> PathBuf {
+    let exe = std::env::current_exe().unwrap();
+    let dir = exe.parent().unwrap().parent().unwrap();
+    let path = dir.join("examples").join(name);
+    if !path.exists() {
+        let status = Command::new(env!("CARGO"))
+            .args(["build", "--example", name, "--all-features"])
+            .current_dir(env!("CARGO_MANIFEST_DIR"))
+            .status()
+            .unwrap();
+        assert!(status.success(), "building the {name} example failed");
+    }
+    path
+}
+
+/// A running receiver; killed when dropped.
+pub struct ReceiverProcess {
+    pub addr: SocketAddr,
+    child: Child,
+    lines: mpsc::Receiver<String>,
+}
+
+impl ReceiverProcess {
+    /// Starts the receiver on a free port with these extra variables, and
+    /// waits until it accepts connections.
+    pub fn start(env: &[(&str, &str)]) -> Self {
+        let port = std::net::TcpListener::bind("127.0.0.1:0")
+            .unwrap()
+            .local_addr()
+            .unwrap()
+            .port();
+        let addr: SocketAddr = format!("127.0.0.1:{port}").parse().unwrap();
+        let mut command = Command::new(example_binary("receiver"));
+        command
+            .env("CARIOSAN_WEBHOOK_SECRET", super::SECRET)
+            .env("CARIOSAN_WEBHOOK_ADDR", addr.to_string())
+            .env("RUST_LOG", "warn")
+            .env_remove("REDIS_URL")
+            .stdout(Stdio::piped())
+            .stderr(Stdio::inherit());
+        for (key, value) in env {
+            command.env(key, value);
+        }
+        let mut child = command.spawn().unwrap();
+        let stdout = child.stdout.take().unwrap();
+        let (sender, lines) = mpsc::channel();
+        std::thread::spawn(move || {
+            for line in BufReader::new(stdout).lines() {
+                let Ok(line) = line else { break };
+                let _ = sender.send(line);
+            }
+        });
+        let started = Instant::now();
+        while std::net::TcpStream::connect(addr).is_err() {
+            if let Some(status) = child.try_wait().unwrap() {
+                panic!("the receiver exited: {status}");
+            }
+            assert!(
+                started.elapsed() < Duration::from_secs(20),
+                "the receiver did not start"
+            );
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        Self { addr, child, lines }
+    }
+
+    /// The next line the receiver printed, waiting up to `timeout`.
+    pub fn line(&self, timeout: Duration) -> Option<String> {
+        self.lines.recv_timeout(timeout).ok()
+    }
+
+    /// SIGKILL: no shutdown, no cleanup.
+    pub fn kill(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+impl Drop for ReceiverProcess {
+    fn drop(&mut self) {
+        self.kill();
+    }
+}
