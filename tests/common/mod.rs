@@ -89,7 +89,11 @@ pub async fn read_reply(stream: &mut TcpStream) -> Reply {
     }
     // The connection closed with no complete answer (the server died, say):
     // to a sender that is no response at all, status 0.
-    assert!(buf.is_empty() || buf.starts_with(b"HTTP/"), "garbage reply {:?}", String::from_utf8_lossy(&buf));
+    assert!(
+        buf.is_empty() || buf.starts_with(b"HTTP/"),
+        "garbage reply {:?}",
+        String::from_utf8_lossy(&buf)
+    );
     parse_reply(&buf).unwrap_or(Reply {
         status: 0,
         body: String::new(),

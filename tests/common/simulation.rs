@@ -176,13 +176,14 @@ pub async fn deliver_all(
                         attempt(addr, &id, try_number, &body)
                     }))
                     .await;
-                    let mut report_now = report.lock().unwrap();
-                    report_now.requests += replies.len();
                     let acked = replies.iter().any(|r| (200..300).contains(&r.status));
-                    if acked && tally.successes(&id) == 0 {
-                        report_now.acknowledged_without_success.push(id.clone());
+                    {
+                        let mut report = report.lock().unwrap();
+                        report.requests += replies.len();
+                        if acked && tally.successes(&id) == 0 {
+                            report.acknowledged_without_success.push(id.clone());
+                        }
                     }
-                    drop(report_now);
                     if acked {
                         report.lock().unwrap().acknowledged += 1;
                         // Every fifth event is redelivered by hand later.
