@@ -62,6 +62,7 @@
 //! | status | when |
 //! |---|---|
 //! | `200 handled` / `200 ignored` | the handlers succeeded / no handler matched |
+//! | `200 duplicate` / `200 given_up` | the delivery was handled before / a handler gave up on it |
 //! | `400` | a malformed `X-Cariosan-Delivery` or `X-Cariosan-Event`, a signed body that is not an envelope, or an `id`/`type` that disagrees with the headers |
 //! | `401` | a missing or malformed signature, a stale or future timestamp, no matching signature |
 //! | `405` | not a `POST` |
@@ -69,6 +70,10 @@
 //! | `413` | the body is over the limit (1 MiB by default) |
 //! | `415` | the body has a `Content-Encoding` |
 //! | `500` | a handler failed or panicked, the data did not fit the model, or the layer is missing |
+//! | `503` + `Retry-After` | a copy is running, the handlers passed the budget, a handler asked for a later retry, too many runs, shutting down, or the store is unreachable |
+//!
+//! Handlers never run twice for one delivery, and nothing is acknowledged
+//! before they succeeded: see [`store`] for how.
 //!
 //! Every non-2xx answer has a short code as its body: see [`Rejection`].
 //!
@@ -76,8 +81,9 @@
 //!
 //! | feature | default | what it adds |
 //! |---|---|---|
-//! | `layer` | yes | [`CariosanWebhookLayer`], [`Webhooks`], [`VerifiedDelivery`], [`Rejection`] (tower, http, tokio's timer) |
+//! | `layer` | yes | [`CariosanWebhookLayer`], [`Webhooks`], [`VerifiedDelivery`], [`Rejection`], the in-memory idempotency [`store`] (tower, http, tokio) |
 //! | `axum` | no | the `VerifiedEvent` and [`VerifiedDelivery`] extractors and `IntoResponse` for [`Rejection`] (axum-core) |
+//! | `redis` | no | `store::RedisStore`, an idempotency store shared by several replicas |
 //!
 //! With `default-features = false`, only [`verify`] and [`model`] remain:
 //! no HTTP stack and no async runtime.
@@ -125,6 +131,7 @@ fn not_verified() -> Rejection {
     Rejection::NotVerified
 }
 
-#[cfg(doctest)]
+/// The README's examples use every feature; `.ci/run` tests them.
+#[cfg(all(doctest, feature = "axum", feature = "redis"))]
 #[doc = include_str!("../README.md")]
 struct ReadmeDoctests;

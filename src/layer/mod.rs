@@ -17,8 +17,15 @@
 //! 6. the signed body is parsed once into the typed model (`400` when it is
 //!    not an envelope) and its `id` and `type` must equal the headers
 //!    (`400`);
-//! 7. the inner service is called with the raw body and a
-//!    [`VerifiedDelivery`](crate::VerifiedDelivery) extension.
+//! 7. the delivery id is claimed in the [idempotency store](crate::store)
+//!    (`200 duplicate` if it was handled, `503` if a copy is running, the
+//!    store is down, the layer is shutting down or too many runs are under
+//!    way);
+//! 8. the inner service is called, detached from the client, with the raw
+//!    body and a [`VerifiedDelivery`](crate::VerifiedDelivery) extension; a
+//!    2xx answer completes the claim, anything else releases it, and past
+//!    the handler budget the sender is answered `503` while the call goes
+//!    on.
 //!
 //! Every rejection is a [`Rejection`](crate::Rejection): a fixed status and
 //! a short code as the body. The inner service's response passes through
@@ -27,7 +34,9 @@
 //! and MACs are never logged.
 //!
 //! The layer keeps `Error = S::Error`, so it fits `Router::layer` without a
-//! `HandleErrorLayer`. It needs a tokio runtime for the body read timeout.
+//! `HandleErrorLayer`. It needs a tokio runtime: the inner call runs as a
+//! task, and the body read and the budget are timed. Take a
+//! [`ShutdownHandle`] after configuring the layer.
 //!
 //! ```
 //! use std::time::Duration;
