@@ -84,6 +84,8 @@
 //! | `layer` | yes | [`CariosanWebhookLayer`], [`Webhooks`], [`VerifiedDelivery`], [`Rejection`], the in-memory idempotency [`store`] (tower, http, tokio) |
 //! | `axum` | no | the `VerifiedEvent` and [`VerifiedDelivery`] extractors and `IntoResponse` for [`Rejection`] (axum-core) |
 //! | `redis` | no | `store::RedisStore`, an idempotency store shared by several replicas |
+//! | `test-util` | no | `test_util`: signed test requests for any event, sample events of every type |
+//! | `cli` | no | the `cariosan-webhooks` command: `send`, `sign`, `verify`, `listen` |
 //!
 //! With `default-features = false`, only [`verify`] and [`model`] remain:
 //! no HTTP stack and no async runtime.
@@ -106,6 +108,8 @@ pub mod layer;
 mod rejection;
 #[cfg(feature = "layer")]
 pub mod store;
+#[cfg(feature = "test-util")]
+pub mod test_util;
 
 #[cfg(feature = "layer")]
 pub use body::BytesBody;
