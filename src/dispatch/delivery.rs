@@ -2,7 +2,7 @@ use std::ops::Deref;
 
 use time::OffsetDateTime;
 
-use crate::model::{Envelope, EventId, WorkspaceId};
+use crate::model::{Envelope, Event, EventId, WorkspaceId};
 
 /// What a handler receives: the event's payload and the delivery around it.
 ///
@@ -39,6 +39,18 @@ impl<T> Delivery<T> {
     /// The payload, without the delivery around it.
     pub fn into_inner(self) -> T {
         self.data
+    }
+}
+
+impl Delivery<Event> {
+    /// The envelope this delivery carried, to store or serialise as sent.
+    pub fn into_envelope(self) -> Envelope {
+        Envelope {
+            id: self.id,
+            created_at: self.created_at,
+            workspace_id: self.workspace_id,
+            event: self.data,
+        }
     }
 }
 

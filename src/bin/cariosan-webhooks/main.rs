@@ -1,0 +1,159 @@
+//! `cariosan-webhooks`: send signed test deliveries, sign and verify
+//! captured ones, and listen for real ones.
+
+mod http_client;
+mod listen;
+mod send;
+mod verify;
+
+use std::io::Read;
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use clap::{Parser, Subcommand};
+
+const EXAMPLES: &str = "\
+Examples:
+  # fire a signed sample message.created at a local receiver
+  cariosan-webhooks send message.created --to http://127.0.0.1:3000/webhooks/cariosan
+
+  # the same, as Cariosan retries: up to 3 attempts, honouring Retry-After
+  cariosan-webhooks send message.created --to http://127.0.0.1:3000/webhooks/cariosan --attempts 3
+
+  # sign a body for curl
+  cariosan-webhooks sign --delivery evt_1 < body.json
+
+  # why was this captured delivery rejected?
+  cariosan-webhooks verify --delivery evt_1 --header 't=1795000000,v1=...' --now 1795000030 < body.json
+
+  # print every verified delivery sent to port 3000
+  cariosan-webhooks listen --addr 127.0.0.1:3000
+
+The secret comes from --secret or CARIOSAN_WEBHOOK_SECRET (which keeps it out of shell history).";
+
+#[derive(Parser)]
+#[command(name = "cariosan-webhooks", version, about = "Send, sign, verify and receive Cariosan webhooks", after_help = EXAMPLES)]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Sign a sample (or your) event and POST it to a receiver.
+    Send(send::Send),
+    /// Sign a body from stdin: print the headers and a curl command line.
+    Sign(Sign),
+    /// Explain why a captured delivery passes or fails verification.
+    Verify(verify::Verify),
+    /// Run a receiver that prints every verified delivery.
+    Listen(listen::Listen),
+}
+
+/// The signing secret, from the flag or the environment.
+#[derive(clap::Args, Clone)]
+struct SecretArg {
+    /// The signing secret.
+    #[arg(long, env = "CARIOSAN_WEBHOOK_SECRET", hide_env_values = true)]
+    secret: String,
+}
+
+#[derive(clap::Args)]
+struct Sign {
+    #[command(flatten)]
+    secret: SecretArg,
+    /// The delivery id (X-Cariosan-Delivery).
+    #[arg(long)]
+    delivery: String,
+    /// The event type (X-Cariosan-Event); read from the body when omitted.
+    #[arg(long)]
+    event: Option<String>,
+    /// Unix seconds to sign at (default: now).
+    #[arg(long)]
+    timestamp: Option<i64>,
+    /// The URL the curl command posts to.
+    #[arg(long, default_value = "http://127.0.0.1:3000/webhooks/cariosan")]
+    to: String,
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    let runtime = match tokio::runtime::Runtime::new() {
+        Ok(runtime) => runtime,
+        Err(error) => return fail(&format!("cannot start the runtime: {error}")),
+    };
+    let result = runtime.block_on(async {
+        match cli.command {
+            Command::Send(send) => send.run().await,
+            Command::Sign(sign) => sign.run(),
+            Command::Verify(verify) => verify.run(),
+            Command::Listen(listen) => listen.run().await,
+        }
+    });
+    match result {
+        Ok(code) => code,
+        Err(message) => fail(&message),
+    }
+}
+
+/// One clear line and a non-zero exit.
+fn fail(message: &str) -> ExitCode {
+    eprintln!("error: {message}");
+    ExitCode::from(2)
+}
+
+fn read_stdin() -> Result<Vec<u8>, String> {
+    let mut body = Vec::new();
+    std::io::stdin()
+        .read_to_end(&mut body)
+        .map_err(|e| format!("cannot read the body from stdin: {e}"))?;
+    Ok(body)
+}
+
+fn read_file(path: &PathBuf) -> Result<Vec<u8>, String> {
+    std::fs::read(path).map_err(|e| format!("cannot read {}: {e}", path.display()))
+}
+
+/// Single-quotes a value for a POSIX shell.
+fn shell_quote(value: &str) -> String {
+    format!("'{}'", value.replace('\'', r"'\''"))
+}
+
+impl Sign {
+    fn run(self) -> Result<ExitCode, String> {
+        let body = read_stdin()?;
+        let event_type = match self.event {
+            Some(event_type) => event_type,
+            None => event_type_of(&body)?,
+        };
+        let mut delivery =
+            cariosan_webhooks::test_util::TestDelivery::bytes(self.delivery, event_type, body)
+                .secret(self.secret.secret);
+        if let Some(timestamp) = self.timestamp {
+            delivery = delivery.timestamp(timestamp);
+        }
+        let headers = delivery.headers();
+        let mut curl = format!("curl -sS -X POST {}", shell_quote(&self.to));
+        for (name, value) in &headers {
+            println!("{name}: {value}");
+            curl.push_str(&format!(" -H {}", shell_quote(&format!("{name}: {value}"))));
+        }
+        curl.push_str(" --data-binary @-");
+        println!();
+        println!("# with the same body on stdin:");
+        println!("{curl}");
+        Ok(ExitCode::SUCCESS)
+    }
+}
+
+/// The `type` of a JSON envelope.
+fn event_type_of(body: &[u8]) -> Result<String, String> {
+    #[derive(serde::Deserialize)]
+    struct Head {
+        #[serde(rename = "type")]
+        event_type: String,
+    }
+    serde_json::from_slice::<Head>(body)
+        .map(|head| head.event_type)
+        .map_err(|_| "the body has no \"type\": pass --event".to_owned())
+}

@@ -1,0 +1,134 @@
+//! `verify`: which check a captured delivery passes or fails, and why.
+
+use std::process::ExitCode;
+use std::time::Duration;
+
+use cariosan_webhooks::verify::{
+    is_valid_delivery_id, Clock, SignatureHeader, SystemClock, Verifier, VerifyError,
+};
+
+use crate::read_stdin;
+
+#[derive(clap::Args)]
+pub struct Verify {
+    /// The secrets to try, in order (repeat the flag for several).
+    #[arg(
+        long = "secret",
+        env = "CARIOSAN_WEBHOOK_SECRET",
+        hide_env_values = true,
+        value_delimiter = ',',
+        required = true
+    )]
+    secrets: Vec<String>,
+    /// The X-Cariosan-Signature value as captured.
+    #[arg(long)]
+    header: String,
+    /// The X-Cariosan-Delivery value as captured.
+    #[arg(long)]
+    delivery: String,
+    /// Verify as of this Unix time (default: now), e.g. when it arrived.
+    #[arg(long)]
+    now: Option<i64>,
+    /// The tolerance in seconds.
+    #[arg(long, default_value_t = 300)]
+    tolerance: u64,
+}
+
+impl Verify {
+    pub fn run(self) -> Result<ExitCode, String> {
+        let body = read_stdin()?;
+        let now = self.now.unwrap_or_else(|| SystemClock.now());
+        let mut failed: Option<&'static str> = None;
+
+        if is_valid_delivery_id(&self.delivery) {
+            println!("ok      delivery id {:?}", self.delivery);
+        } else {
+            println!(
+                "FAILED  delivery id {:?}: 1 to 128 of A-Z a-z 0-9 _ - [delivery_id_invalid]",
+                self.delivery
+            );
+            failed = Some("delivery_id_invalid");
+        }
+
+        let header = match SignatureHeader::parse(self.header.as_bytes()) {
+            Ok(header) => {
+                println!(
+                    "ok      signature header: t={}, {} v1 signature(s)",
+                    header.timestamp(),
+                    header.signature_count()
+                );
+                Some(header)
+            }
+            Err(reason) => {
+                println!("FAILED  signature header: {reason} [signature_malformed]");
+                failed = failed.or(Some("signature_malformed"));
+                None
+            }
+        };
+
+        if let Some(header) = &header {
+            let age = i128::from(now) - i128::from(header.timestamp());
+            let within = age.unsigned_abs() <= u128::from(self.tolerance);
+            let when = if age >= 0 {
+                format!("{age} s before now")
+            } else {
+                format!("{} s after now", -age)
+            };
+            if within {
+                println!(
+                    "ok      timestamp: signed {when}, within the tolerance of {} s",
+                    self.tolerance
+                );
+            } else {
+                let code = if age > 0 {
+                    "timestamp_too_old"
+                } else {
+                    "timestamp_too_new"
+                };
+                println!(
+                    "FAILED  timestamp: signed {when}, over the tolerance of {} s [{code}]",
+                    self.tolerance
+                );
+                failed = failed.or(Some(code));
+            }
+        }
+
+        if header.is_some() && is_valid_delivery_id(&self.delivery) {
+            let mut matched = false;
+            for (n, secret) in self.secrets.iter().enumerate() {
+                let verifier = Verifier::new(secret)
+                    .map_err(|e| format!("secret #{}: {e}", n + 1))?
+                    .tolerance(Duration::from_secs(u64::MAX));
+                match verifier.verify_at(now, &self.delivery, &self.header, &body) {
+                    Ok(_) => {
+                        println!("ok      signature: matches under secret #{}", n + 1);
+                        matched = true;
+                        break;
+                    }
+                    Err(VerifyError::NoMatchingSignature) => {
+                        println!("-       signature: no v1 matches under secret #{}", n + 1);
+                    }
+                    Err(other) => return Err(format!("unexpected: {other}")),
+                }
+            }
+            if !matched {
+                println!(
+                    "FAILED  signature: no v1 matches under any of {} secret(s); the body, the delivery id or the secret differs from what was signed [signature_mismatch]",
+                    self.secrets.len()
+                );
+                failed = failed.or(Some("signature_mismatch"));
+            }
+        }
+
+        match failed {
+            None => {
+                println!("valid");
+                Ok(ExitCode::SUCCESS)
+            }
+            Some(code) => {
+                println!("invalid: {code}");
+                Ok(ExitCode::FAILURE)
+            }
+        }
+    }
+}
