@@ -26,11 +26,17 @@ pub struct Delivery<T> {
 }
 
 impl<T> Delivery<T> {
-    pub(crate) fn new(envelope: &Envelope, attempt: Option<u32>, data: T) -> Self {
+    pub(crate) fn new(
+        id: EventId,
+        created_at: OffsetDateTime,
+        workspace_id: WorkspaceId,
+        attempt: Option<u32>,
+        data: T,
+    ) -> Self {
         Self {
-            id: envelope.id.clone(),
-            created_at: envelope.created_at,
-            workspace_id: envelope.workspace_id.clone(),
+            id,
+            created_at,
+            workspace_id,
             attempt,
             data,
         }

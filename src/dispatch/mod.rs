@@ -61,8 +61,12 @@ use crate::model::{
 };
 use crate::rejection::{acknowledge, Rejection};
 
-type EventRoute =
-    Arc<dyn Fn(&Envelope, Option<u32>) -> Option<BoxFuture<HandlerResult>> + Send + Sync>;
+/// A registered handler: which events it takes, and how to run it on one.
+#[derive(Clone)]
+struct EventRoute {
+    accepts: fn(&Event) -> bool,
+    call: Arc<dyn Fn(Envelope, Option<u32>) -> BoxFuture<HandlerResult> + Send + Sync>,
+}
 type MalformedRoute = Arc<dyn Fn(&MalformedEvent) -> BoxFuture<HandlerResult> + Send + Sync>;
 type GiveUpHook = Arc<dyn Fn(&GivenUp) + Send + Sync>;
 
@@ -96,22 +100,38 @@ impl Webhooks {
         Self::default()
     }
 
-    /// Registers a handler that runs for the envelopes `select` returns a
-    /// payload for. The handler is called inside the future, so a panic
-    /// while it builds its future is caught like any other.
-    fn route<T, F, Fut>(mut self, select: fn(&Event) -> Option<T>, handler: F) -> Self
+    /// Registers a handler for the events `accepts` takes; `payload` takes
+    /// its payload out of one. The handler is called inside the future, so
+    /// a panic while it builds its future is caught like any other.
+    fn route<T, F, Fut>(
+        mut self,
+        accepts: fn(&Event) -> bool,
+        payload: fn(Event) -> Option<T>,
+        handler: F,
+    ) -> Self
     where
         T: Send + 'static,
         F: Fn(Delivery<T>) -> Fut + Send + Sync + 'static,
         Fut: Future<Output = HandlerResult> + Send + 'static,
     {
         let handler = Arc::new(handler);
-        let route: EventRoute = Arc::new(move |envelope, attempt| {
-            let delivery = Delivery::new(envelope, attempt, select(&envelope.event)?);
-            let handler = handler.clone();
-            Some(Box::pin(async move { handler(delivery).await }))
-        });
-        Arc::make_mut(&mut self.events).push(route);
+        let call = Arc::new(
+            move |envelope: Envelope, attempt| -> BoxFuture<HandlerResult> {
+                let handler = handler.clone();
+                Box::pin(async move {
+                    let data = payload(envelope.event).expect("the route accepts this event");
+                    let delivery = Delivery::new(
+                        envelope.id,
+                        envelope.created_at,
+                        envelope.workspace_id,
+                        attempt,
+                        data,
+                    );
+                    handler(delivery).await
+                })
+            },
+        );
+        Arc::make_mut(&mut self.events).push(EventRoute { accepts, call });
         self
     }
 
@@ -122,10 +142,7 @@ impl Webhooks {
         F: Fn(Delivery<Event>) -> Fut + Send + Sync + 'static,
         Fut: Future<Output = HandlerResult> + Send + 'static,
     {
-        self.route(
-            |event| (!matches!(event, Event::Unknown(_))).then(|| event.clone()),
-            handler,
-        )
+        self.route(|event| !matches!(event, Event::Unknown(_)), Some, handler)
     }
 
     /// Runs `handler` for event types this version does not know, with their
@@ -136,8 +153,9 @@ impl Webhooks {
         Fut: Future<Output = HandlerResult> + Send + 'static,
     {
         self.route(
+            |event| matches!(event, Event::Unknown(_)),
             |event| match event {
-                Event::Unknown(unknown) => Some(unknown.clone()),
+                Event::Unknown(unknown) => Some(unknown),
                 _ => None,
             },
             handler,
@@ -181,8 +199,9 @@ macro_rules! typed_handlers {
                     Fut: Future<Output = HandlerResult> + Send + 'static,
                 {
                     self.route(
+                        |event| matches!(event, Event::$variant(_)),
                         |event| match event {
-                            Event::$variant(payload) => Some((**payload).clone()),
+                            Event::$variant(payload) => Some(*payload),
                             _ => None,
                         },
                         handler,
@@ -264,10 +283,23 @@ impl Webhooks {
         let (id, event_type) = (delivery.id().clone(), delivery.event_type().to_owned());
         let ran = match delivery.into_payload() {
             Ok(envelope) => {
-                run(self
+                // Every handler but the last gets a copy; the last gets the
+                // parsed envelope itself.
+                let matching: Vec<&EventRoute> = self
                     .events
                     .iter()
-                    .filter_map(|route| route(&envelope, attempt)))
+                    .filter(|route| (route.accepts)(&envelope.event))
+                    .collect();
+                let last = matching.len().saturating_sub(1);
+                let mut envelope = Some(envelope);
+                run(matching.iter().enumerate().map(|(n, route)| {
+                    let own = if n == last {
+                        envelope.take()
+                    } else {
+                        envelope.clone()
+                    };
+                    (route.call)(own.expect("taken once, last"), attempt)
+                }))
                 .await
             }
             Err(_) if self.malformed.is_empty() => {

@@ -50,11 +50,31 @@ impl<S> CariosanWebhookService<S> {
 }
 
 /// The headers a delivery must carry, checked before the body is read.
+/// The values share the request's buffer: no copies.
 struct DeliveryHeaders {
-    id: String,
-    event_type: String,
-    signature: String,
+    id: HeaderValue,
+    event_type: HeaderValue,
+    signature: HeaderValue,
     attempt: Option<u32>,
+}
+
+impl DeliveryHeaders {
+    fn text(value: &HeaderValue) -> &str {
+        // Checked to be visible ASCII in check_request.
+        value.to_str().unwrap_or_default()
+    }
+
+    fn id(&self) -> &str {
+        Self::text(&self.id)
+    }
+
+    fn event_type(&self) -> &str {
+        Self::text(&self.event_type)
+    }
+
+    fn signature(&self) -> &str {
+        Self::text(&self.signature)
+    }
 }
 
 impl<S, ReqBody, ResBody> Service<Request<ReqBody>> for CariosanWebhookService<S>
@@ -127,7 +147,7 @@ where
     let Ok(permit) = deliveries.limiter.clone().try_acquire_owned() else {
         return Ok(own(reject(&Rejection::Overloaded { retry_after })));
     };
-    let token = match deliveries.store.claim(&headers.id, deliveries.lease).await {
+    let token = match deliveries.store.claim(headers.id(), deliveries.lease).await {
         Ok(Claim::Claimed(token)) => token,
         Ok(Claim::Completed) => {
             record(200, "duplicate");
@@ -147,7 +167,7 @@ where
     parts.extensions.insert(delivery);
     let call = inner.call(Request::from_parts(parts, BytesBody::from(bytes)));
     let outcome = deliveries
-        .run(headers.id.clone(), token, permit, call)
+        .run(headers.id().to_owned(), token, permit, call)
         .await;
     let response = match outcome {
         Some(RunOutcome::Finished(result)) => result?,
@@ -213,7 +233,7 @@ where
     };
     let verified = config
         .verifier
-        .verify(&headers.id, &headers.signature, &bytes)
+        .verify(headers.id(), headers.signature(), &bytes)
         .map_err(Rejection::Verification)?;
     let payload = match Envelope::from_slice(&bytes) {
         Ok(envelope) => Ok(envelope),
@@ -224,17 +244,17 @@ where
         Ok(envelope) => (envelope.id.as_str(), envelope.event_type()),
         Err(malformed) => (malformed.id().as_str(), malformed.event_type()),
     };
-    if id != headers.id {
+    if id != headers.id() {
         return Err(Rejection::EnvelopeMismatch { field: "id" });
     }
-    if event_type != headers.event_type {
+    if event_type != headers.event_type() {
         return Err(Rejection::EnvelopeMismatch { field: "type" });
     }
     if let Err(malformed) = &payload {
         tracing::error!(error = %malformed.error(), "event data does not fit the model");
     }
     let delivery = VerifiedDelivery::new(
-        EventId::new(headers.id.clone()),
+        EventId::new(headers.id()),
         headers.attempt,
         verified.timestamp(),
         payload,
@@ -285,15 +305,16 @@ fn check_request<B: Body>(
     if let Some(attempt) = attempt {
         span.record("attempt", attempt);
     }
-    let signature = match single(headers, &SIGNATURE_HEADER) {
+    match single(headers, &SIGNATURE_HEADER) {
         Ok(None) => {
             return Err(Rejection::Verification(
                 crate::verify::VerifyError::MissingSignature,
             ))
         }
-        Ok(Some(value)) => value.to_str().map_err(|_| malformed_signature())?,
+        Ok(Some(value)) if value.to_str().is_err() => return Err(malformed_signature()),
+        Ok(Some(_)) => {}
         Err(()) => return Err(malformed_signature()),
-    };
+    }
     if headers
         .get(header::CONTENT_ENCODING)
         .is_some_and(|encoding| !encoding.as_bytes().eq_ignore_ascii_case(b"identity"))
@@ -307,10 +328,18 @@ fn check_request<B: Body>(
     if declared.is_some_and(|len| len > limit) || request.body().size_hint().lower() > limit {
         return Err(Rejection::BodyTooLarge);
     }
+    // Each was found exactly once and checked above; cloning a value shares
+    // its bytes.
+    let value = |name: &HeaderName| {
+        headers
+            .get(name)
+            .cloned()
+            .unwrap_or(HeaderValue::from_static(""))
+    };
     Ok(DeliveryHeaders {
-        id: id.to_owned(),
-        event_type: event_type.to_owned(),
-        signature: signature.to_owned(),
+        id: value(&DELIVERY_HEADER),
+        event_type: value(&EVENT_HEADER),
+        signature: value(&SIGNATURE_HEADER),
         attempt,
     })
 }

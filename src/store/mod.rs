@@ -87,19 +87,28 @@ pub trait IdempotencyStore: Send + Sync + 'static {
 pub struct ClaimToken(String);
 
 impl ClaimToken {
-    /// A fresh token, unique across processes.
+    /// A fresh token, unique across processes: a random per-process
+    /// prefix (read from the OS once) and a counter, so a claim costs no
+    /// system call.
     pub fn random() -> Self {
-        let mut bytes = [0u8; 16];
-        // The OS random source failing is a broken machine; fall back to a
-        // value that is still unique within this process.
-        if getrandom::fill(&mut bytes).is_err() {
-            use std::sync::atomic::{AtomicU64, Ordering};
-            static FALLBACK: AtomicU64 = AtomicU64::new(1);
-            let n = FALLBACK.fetch_add(1, Ordering::Relaxed);
-            bytes[..8].copy_from_slice(&n.to_le_bytes());
-            bytes[8..].copy_from_slice(&std::process::id().to_le_bytes().repeat(2));
-        }
-        Self(hex::encode(bytes))
+        use std::sync::atomic::{AtomicU64, Ordering};
+        use std::sync::OnceLock;
+        static PREFIX: OnceLock<u64> = OnceLock::new();
+        static COUNTER: AtomicU64 = AtomicU64::new(0);
+        let prefix = *PREFIX.get_or_init(|| {
+            let mut bytes = [0u8; 8];
+            // Without an OS random source, fall back to what still tells
+            // processes apart.
+            if getrandom::fill(&mut bytes).is_err() {
+                let nanos = std::time::SystemTime::now()
+                    .duration_since(std::time::UNIX_EPOCH)
+                    .map_or(0, |d| d.as_nanos() as u64);
+                return nanos ^ u64::from(std::process::id()).rotate_left(32);
+            }
+            u64::from_le_bytes(bytes)
+        });
+        let count = COUNTER.fetch_add(1, Ordering::Relaxed);
+        Self(format!("{prefix:016x}{count:016x}"))
     }
 
     /// The token as text.

@@ -1,0 +1,96 @@
+//! Allocations per delivery, counted by a counting global allocator: for
+//! verification alone, the typed parse alone, and a whole delivery through
+//! the layer and dispatch. `cargo bench --bench allocations`.
+
+use std::hint::black_box;
+
+use bytes::Bytes;
+use cariosan_webhooks::model::Envelope;
+use cariosan_webhooks::verify::{sign, FixedClock, Secret, Verifier};
+use cariosan_webhooks::{BytesBody, CariosanWebhookLayer, Webhooks};
+use tower::{Layer, ServiceExt};
+
+// dhat's allocator counts every allocation; the crate forbids unsafe code,
+// so no hand-written GlobalAlloc.
+#[global_allocator]
+static ALLOCATOR: dhat::Alloc = dhat::Alloc;
+
+const SECRET: &str = "whsec_2CfBq8m1ZbLr0v5yHkQ7tE9uXw3aJs6N";
+const T: i64 = 1_795_000_000;
+const ROUNDS: usize = 1000;
+
+fn counted<R>(mut f: impl FnMut(usize) -> R) -> (f64, f64) {
+    f(usize::MAX); // warm up: lazy statics, first-use allocations
+    let before = dhat::HeapStats::get();
+    for n in 0..ROUNDS {
+        black_box(f(n));
+    }
+    let after = dhat::HeapStats::get();
+    let per = |a: u64, b: u64| (b - a) as f64 / ROUNDS as f64;
+    (
+        per(before.total_blocks, after.total_blocks),
+        per(before.total_bytes, after.total_bytes),
+    )
+}
+
+fn main() {
+    let _profiler = dhat::Profiler::builder().testing().build();
+    let reply = std::fs::read(concat!(
+        env!("CARGO_MANIFEST_DIR"),
+        "/tests/fixtures/events/message.created.reply.json"
+    ))
+    .unwrap();
+    let body =
+        serde_json::to_vec(&serde_json::from_slice::<serde_json::Value>(&reply).unwrap()).unwrap();
+    let text = String::from_utf8(body.clone()).unwrap();
+    let secret = Secret::new(SECRET).unwrap();
+    let id = "evt_01JDB7R0AAAAAAAAAAAAAAAAAA";
+    let header = sign(std::slice::from_ref(&secret), id, T, &body);
+    let verifier = Verifier::from_secret(secret.clone()).clock(FixedClock(T));
+
+    let (verify_allocs, verify_bytes) = counted(|_| verifier.verify(id, &header, &body).unwrap());
+    let (parse_allocs, parse_bytes) = counted(|_| Envelope::from_slice(&body).unwrap());
+
+    // Requests are built before counting; only the delivery is counted.
+    let requests: Vec<_> = (0..=ROUNDS)
+        .map(|n| {
+            let id = format!("evt_alloc_{n:018}");
+            let body = text.replace("evt_01JDB7R0AAAAAAAAAAAAAAAAAA", &id);
+            let signature = sign(std::slice::from_ref(&secret), &id, T, body.as_bytes());
+            http::Request::post("/webhooks/cariosan")
+                .header("x-cariosan-delivery", id)
+                .header("x-cariosan-event", "message.created")
+                .header("x-cariosan-attempt", "1")
+                .header("x-cariosan-signature", signature)
+                .body(BytesBody::new(Bytes::from(body)))
+                .unwrap()
+        })
+        .collect();
+    let mut requests = requests.into_iter();
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap();
+    let webhooks = Webhooks::new().on_message_created(|event| async move {
+        black_box(&event.message.mentions);
+        Ok(())
+    });
+    let service = CariosanWebhookLayer::new(SECRET)
+        .clock(FixedClock(T))
+        .layer(webhooks);
+    let (delivery_allocs, delivery_bytes) = counted(|_| {
+        let request = requests.next().unwrap();
+        let response = runtime.block_on(service.clone().oneshot(request)).unwrap();
+        assert_eq!(response.status(), 200);
+    });
+
+    println!(
+        "allocations per operation, mean of {ROUNDS} ({} B message.created reply):",
+        body.len()
+    );
+    println!("  verify                         {verify_allocs:>6.1} allocations {verify_bytes:>8.0} bytes");
+    println!(
+        "  typed parse                    {parse_allocs:>6.1} allocations {parse_bytes:>8.0} bytes"
+    );
+    println!("  delivery through layer+dispatch {delivery_allocs:>5.1} allocations {delivery_bytes:>8.0} bytes");
+}

@@ -1,0 +1,202 @@
+//! Criterion benchmarks, each beside its physical limit in the same run:
+//!
+//! - `verify/*`: verification alone vs raw HMAC-SHA256 over the same signed
+//!   content (prepared key), from 256 B to 1 MiB;
+//! - `parse/*`: verify + typed parse of every fixture vs raw HMAC over the
+//!   same bytes, a parse into `serde_json::Value`, and a syntax-only pass;
+//! - `layer/*`: one delivery through the layer and dispatch with `oneshot`
+//!   vs the same request through a bare service that reads the body.
+//!
+//! `cargo bench --bench throughput && python3 benches/ratios.py` prints the
+//! ratio tables that BENCHMARKS.md records.
+
+use std::convert::Infallible;
+use std::hint::black_box;
+use std::sync::atomic::{AtomicU64, Ordering};
+
+use bytes::Bytes;
+use cariosan_webhooks::model::Envelope;
+use cariosan_webhooks::verify::{sign, FixedClock, Secret, Verifier};
+use cariosan_webhooks::{BytesBody, CariosanWebhookLayer, Webhooks};
+use criterion::{criterion_group, criterion_main, BatchSize, BenchmarkId, Criterion, Throughput};
+use hmac::{Hmac, Mac};
+use http_body_util::BodyExt;
+use sha2::Sha256;
+use tower::{Layer, ServiceExt};
+
+const SECRET: &str = "whsec_2CfBq8m1ZbLr0v5yHkQ7tE9uXw3aJs6N";
+const T: i64 = 1_795_000_000;
+
+/// The limit: HMAC-SHA256 with the key schedule prepared once, over the
+/// signed content in parts, as any verifier must compute it.
+fn raw_hmac(key: &Hmac<Sha256>, id: &[u8], t: &[u8], body: &[u8]) -> [u8; 32] {
+    let mut mac = key.clone();
+    mac.update(id);
+    mac.update(b".");
+    mac.update(t);
+    mac.update(b".");
+    mac.update(body);
+    mac.finalize().into_bytes().into()
+}
+
+fn fixtures() -> Vec<(String, Vec<u8>)> {
+    let dir = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/fixtures/events");
+    let mut out: Vec<(String, Vec<u8>)> = std::fs::read_dir(dir)
+        .unwrap()
+        .map(|e| e.unwrap().path())
+        .filter(|p| p.file_name().unwrap() != "index.json")
+        .map(|p| {
+            (
+                p.file_stem().unwrap().to_string_lossy().into_owned(),
+                std::fs::read(&p).unwrap(),
+            )
+        })
+        .collect();
+    out.sort();
+    // The compact form of the reply (1,164 bytes): what a sender emits.
+    let reply = out
+        .iter()
+        .find(|(n, _)| n == "message.created.reply")
+        .unwrap()
+        .1
+        .clone();
+    let compact =
+        serde_json::to_vec(&serde_json::from_slice::<serde_json::Value>(&reply).unwrap()).unwrap();
+    out.push(("message.created.reply.compact".into(), compact));
+    out
+}
+
+fn verification(c: &mut Criterion) {
+    let key = Hmac::<Sha256>::new_from_slice(SECRET.as_bytes()).unwrap();
+    let secret = Secret::new(SECRET).unwrap();
+    let verifier = Verifier::from_secret(secret.clone()).clock(FixedClock(T));
+    let mut group = c.benchmark_group("verify");
+    for size in [256usize, 1024, 16 * 1024, 256 * 1024, 1024 * 1024] {
+        let body = vec![b'a'; size];
+        let id = "evt_01JDB7Q3KX2W9V0M4T8R6N5P1A";
+        let header = sign(std::slice::from_ref(&secret), id, T, &body);
+        group.throughput(Throughput::Bytes(size as u64));
+        group.bench_with_input(BenchmarkId::new("raw_hmac", size), &body, |b, body| {
+            b.iter(|| {
+                raw_hmac(
+                    &key,
+                    black_box(id.as_bytes()),
+                    b"1795000000",
+                    black_box(body),
+                )
+            })
+        });
+        group.bench_with_input(BenchmarkId::new("verify", size), &body, |b, body| {
+            b.iter(|| {
+                verifier
+                    .verify(black_box(id), black_box(&header), black_box(body))
+                    .unwrap()
+            })
+        });
+    }
+    group.finish();
+}
+
+fn parsing(c: &mut Criterion) {
+    let key = Hmac::<Sha256>::new_from_slice(SECRET.as_bytes()).unwrap();
+    let secret = Secret::new(SECRET).unwrap();
+    let verifier = Verifier::from_secret(secret.clone()).clock(FixedClock(T));
+    let mut group = c.benchmark_group("parse");
+    for (name, body) in fixtures() {
+        let envelope = Envelope::from_slice(&body).unwrap();
+        let id = envelope.id.to_string();
+        let header = sign(std::slice::from_ref(&secret), &id, T, &body);
+        group.bench_with_input(BenchmarkId::new("raw_hmac", &name), &body, |b, body| {
+            b.iter(|| {
+                raw_hmac(
+                    &key,
+                    black_box(id.as_bytes()),
+                    b"1795000000",
+                    black_box(body),
+                )
+            })
+        });
+        group.bench_with_input(BenchmarkId::new("verify_parse", &name), &body, |b, body| {
+            b.iter(|| {
+                verifier
+                    .verify(black_box(&id), black_box(&header), black_box(body))
+                    .unwrap();
+                Envelope::from_slice(black_box(body)).unwrap()
+            })
+        });
+        group.bench_with_input(BenchmarkId::new("parse", &name), &body, |b, body| {
+            b.iter(|| Envelope::from_slice(black_box(body)).unwrap())
+        });
+        group.bench_with_input(BenchmarkId::new("value", &name), &body, |b, body| {
+            b.iter(|| serde_json::from_slice::<serde_json::Value>(black_box(body)).unwrap())
+        });
+        group.bench_with_input(BenchmarkId::new("syntax", &name), &body, |b, body| {
+            b.iter(|| serde_json::from_slice::<serde::de::IgnoredAny>(black_box(body)).unwrap())
+        });
+    }
+    group.finish();
+}
+
+fn layer(c: &mut Criterion) {
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap();
+    let secret = Secret::new(SECRET).unwrap();
+    let template = fixtures()
+        .into_iter()
+        .find(|(n, _)| n == "message.created.reply.compact")
+        .unwrap()
+        .1;
+    let template = String::from_utf8(template).unwrap();
+    let counter = AtomicU64::new(0);
+    // Every request is a new delivery: the same id would be a duplicate.
+    let request = || {
+        let n = counter.fetch_add(1, Ordering::Relaxed);
+        let id = format!("evt_bench_{n:016}");
+        let body = template.replace("evt_01JDB7R0AAAAAAAAAAAAAAAAAA", &id);
+        let signature = sign(std::slice::from_ref(&secret), &id, T, body.as_bytes());
+        http::Request::post("/webhooks/cariosan")
+            .header("x-cariosan-delivery", id)
+            .header("x-cariosan-event", "message.created")
+            .header("x-cariosan-attempt", "1")
+            .header("x-cariosan-signature", signature)
+            .header("content-length", body.len())
+            .body(BytesBody::new(Bytes::from(body)))
+            .unwrap()
+    };
+    let webhooks = Webhooks::new().on_message_created(|event| async move {
+        black_box(&event.message.mentions);
+        Ok(())
+    });
+    let receiver = CariosanWebhookLayer::new(SECRET)
+        .clock(FixedClock(T))
+        .layer(webhooks);
+    let bare = tower::service_fn(|request: http::Request<BytesBody>| async move {
+        let body = request.into_body().collect().await.unwrap().to_bytes();
+        black_box(body);
+        Ok::<_, Infallible>(http::Response::new(BytesBody::from("ok")))
+    });
+    let mut group = c.benchmark_group("layer");
+    group.bench_function("bare", |b| {
+        b.to_async(&runtime).iter_batched(
+            request,
+            |r| bare.clone().oneshot(r),
+            BatchSize::SmallInput,
+        )
+    });
+    group.bench_function("receiver", |b| {
+        b.to_async(&runtime).iter_batched(
+            request,
+            |r| async {
+                let response = receiver.clone().oneshot(r).await.unwrap();
+                assert_eq!(response.status(), 200);
+            },
+            BatchSize::SmallInput,
+        )
+    });
+    group.finish();
+}
+
+criterion_group!(benches, verification, parsing, layer);
+criterion_main!(benches);
