@@ -179,11 +179,8 @@ fn layer(c: &mut Criterion) {
     });
     let mut group = c.benchmark_group("layer");
     group.bench_function("bare", |b| {
-        b.to_async(&runtime).iter_batched(
-            request,
-            |r| bare.clone().oneshot(r),
-            BatchSize::SmallInput,
-        )
+        b.to_async(&runtime)
+            .iter_batched(request, |r| bare.oneshot(r), BatchSize::SmallInput)
     });
     group.bench_function("receiver", |b| {
         b.to_async(&runtime).iter_batched(
