@@ -49,8 +49,11 @@ def main():
         syntax = median_ns("parse", "syntax", parameter)
         if None in (raw, both, typed, value, syntax):
             continue
-        file = fixtures / f"{parameter}.json"
-        size = file.stat().st_size if file.exists() else 1164
+        file = fixtures / f"{parameter.removesuffix('.compact')}.json"
+        size = file.stat().st_size
+        if parameter.endswith(".compact"):
+            compact = json.dumps(json.loads(file.read_bytes()), separators=(",", ":"), ensure_ascii=False)
+            size = len(compact.encode())
         print(f"| {parameter} | {size} | {fmt(raw)} | {fmt(both)} | {both / raw:.2f}× | {fmt(typed)} | {fmt(value)} | {fmt(syntax)} | {typed / value:.2f} |")
 
     bare, receiver = median_ns("layer", "bare"), median_ns("layer", "receiver")

@@ -195,5 +195,17 @@ fn layer(c: &mut Criterion) {
     group.finish();
 }
 
-criterion_group!(benches, verification, parsing, layer);
+fn config() -> Criterion {
+    // Short, repeated runs beat one long one on a small noisy machine.
+    Criterion::default()
+        .warm_up_time(std::time::Duration::from_millis(500))
+        .measurement_time(std::time::Duration::from_millis(1500))
+        .sample_size(40)
+}
+
+criterion_group! {
+    name = benches;
+    config = config();
+    targets = verification, parsing, layer
+}
 criterion_main!(benches);

@@ -1,0 +1,239 @@
+//! The headline ratios, measured so that machine noise cancels: each pair
+//! of operations is timed in alternating batches (A B, B A, ...) in one
+//! process, and the median of the per-round ratios is reported with the
+//! median time of each side. `cargo bench --bench interleaved`.
+
+use std::convert::Infallible;
+use std::hint::black_box;
+use std::time::Instant;
+
+use bytes::Bytes;
+use cariosan_webhooks::model::Envelope;
+use cariosan_webhooks::verify::{sign, FixedClock, Secret, Verifier};
+use cariosan_webhooks::{BytesBody, CariosanWebhookLayer, Webhooks};
+use hmac::{Hmac, Mac};
+use http_body_util::BodyExt;
+use sha2::Sha256;
+use tower::{Layer, ServiceExt};
+
+const SECRET: &str = "whsec_2CfBq8m1ZbLr0v5yHkQ7tE9uXw3aJs6N";
+const T: i64 = 1_795_000_000;
+const ROUNDS: usize = 41;
+
+fn median(mut values: Vec<f64>) -> f64 {
+    values.sort_by(f64::total_cmp);
+    values[values.len() / 2]
+}
+
+/// Times `a` and `b` (each run `batch` times per round) in alternating
+/// order; returns (median ns of a, median ns of b, median a/b).
+fn pair(batch: usize, mut a: impl FnMut(), mut b: impl FnMut()) -> (f64, f64, f64) {
+    let time = |f: &mut dyn FnMut()| {
+        let started = Instant::now();
+        for _ in 0..batch {
+            f();
+        }
+        started.elapsed().as_nanos() as f64 / batch as f64
+    };
+    time(&mut a);
+    time(&mut b);
+    let (mut ta, mut tb, mut ratios) = (Vec::new(), Vec::new(), Vec::new());
+    for round in 0..ROUNDS {
+        let (x, y) = if round % 2 == 0 {
+            let x = time(&mut a);
+            (x, time(&mut b))
+        } else {
+            let y = time(&mut b);
+            (time(&mut a), y)
+        };
+        ta.push(x);
+        tb.push(y);
+        ratios.push(x / y);
+    }
+    (median(ta), median(tb), median(ratios))
+}
+
+fn raw_hmac(key: &Hmac<Sha256>, id: &[u8], t: &[u8], body: &[u8]) -> [u8; 32] {
+    let mut mac = key.clone();
+    for part in [id, b".", t, b".", body] {
+        mac.update(part);
+    }
+    mac.finalize().into_bytes().into()
+}
+
+fn show(ns: f64) -> String {
+    if ns >= 1000.0 {
+        format!("{:.2} µs", ns / 1000.0)
+    } else {
+        format!("{ns:.0} ns")
+    }
+}
+
+fn compact_reply() -> Vec<u8> {
+    let reply = std::fs::read(concat!(
+        env!("CARGO_MANIFEST_DIR"),
+        "/tests/fixtures/events/message.created.reply.json"
+    ))
+    .unwrap();
+    serde_json::to_vec(&serde_json::from_slice::<serde_json::Value>(&reply).unwrap()).unwrap()
+}
+
+fn main() {
+    if !std::env::args().any(|a| a == "--bench") {
+        println!("interleaved: run with `cargo bench --bench interleaved`");
+        return;
+    }
+    let key = Hmac::<Sha256>::new_from_slice(SECRET.as_bytes()).unwrap();
+    let secret = Secret::new(SECRET).unwrap();
+    let verifier = Verifier::from_secret(secret.clone()).clock(FixedClock(T));
+    let id = "evt_01JDB7R0AAAAAAAAAAAAAAAAAA";
+
+    println!("## Verification vs raw HMAC-SHA256 over the same signed content\n");
+    println!("| body | raw HMAC | verify | verify / raw (time) | verify throughput / raw |");
+    println!("|---|---|---|---|---|");
+    for size in [256usize, 1024, 16 * 1024, 256 * 1024, 1024 * 1024] {
+        let body = vec![b'a'; size];
+        let header = sign(std::slice::from_ref(&secret), id, T, &body);
+        let batch = (4_000_000 / size).clamp(4, 2000);
+        let (v, r, ratio) = pair(
+            batch,
+            || {
+                black_box(
+                    verifier
+                        .verify(black_box(id), black_box(&header), black_box(&body))
+                        .unwrap(),
+                );
+            },
+            || {
+                black_box(raw_hmac(
+                    &key,
+                    black_box(id.as_bytes()),
+                    b"1795000000",
+                    black_box(&body),
+                ));
+            },
+        );
+        println!(
+            "| {size} B | {} | {} | {ratio:.3} | {:.1} % |",
+            show(r),
+            show(v),
+            100.0 / ratio
+        );
+    }
+
+    let body = compact_reply();
+    let header = sign(std::slice::from_ref(&secret), id, T, &body);
+    println!(
+        "\n## The {} B compact `message.created` reply\n",
+        body.len()
+    );
+    println!("| operation | time | limit | time | ratio |");
+    println!("|---|---|---|---|---|");
+    let verify_parse = || {
+        verifier
+            .verify(black_box(id), black_box(&header), black_box(&body))
+            .unwrap();
+        black_box(Envelope::from_slice(black_box(&body)).unwrap());
+    };
+    let raw = || {
+        black_box(raw_hmac(
+            &key,
+            black_box(id.as_bytes()),
+            b"1795000000",
+            black_box(&body),
+        ));
+    };
+    let (a, b, ratio) = pair(2000, verify_parse, raw);
+    println!(
+        "| verify + typed parse | {} | raw HMAC | {} | {ratio:.2}× |",
+        show(a),
+        show(b)
+    );
+    let naive = || {
+        black_box(raw_hmac(
+            &key,
+            black_box(id.as_bytes()),
+            b"1795000000",
+            black_box(&body),
+        ));
+        black_box(serde_json::from_slice::<serde_json::Value>(black_box(&body)).unwrap());
+    };
+    let (a, b, ratio) = pair(2000, naive, raw);
+    println!(
+        "| naive: HMAC + parse into `Value` | {} | raw HMAC | {} | {ratio:.2}× |",
+        show(a),
+        show(b)
+    );
+    let typed = || {
+        black_box(Envelope::from_slice(black_box(&body)).unwrap());
+    };
+    let value = || {
+        black_box(serde_json::from_slice::<serde_json::Value>(black_box(&body)).unwrap());
+    };
+    let (a, b, ratio) = pair(2000, typed, value);
+    println!(
+        "| typed parse | {} | parse into `Value` | {} | {ratio:.2}× |",
+        show(a),
+        show(b)
+    );
+    let syntax = || {
+        black_box(serde_json::from_slice::<serde::de::IgnoredAny>(black_box(&body)).unwrap());
+    };
+    let (a, b, ratio) = pair(2000, typed, syntax);
+    println!(
+        "| typed parse | {} | syntax only | {} | {ratio:.2}× |",
+        show(a),
+        show(b)
+    );
+
+    // Whole deliveries through tower, each a new delivery id.
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap();
+    let text = String::from_utf8(body.clone()).unwrap();
+    let mut n = 0u64;
+    let mut request = move || {
+        n += 1;
+        let id = format!("evt_bench_{n:018}");
+        let body = text.replace("evt_01JDB7R0AAAAAAAAAAAAAAAAAA", &id);
+        let signature = sign(std::slice::from_ref(&secret), &id, T, body.as_bytes());
+        http::Request::post("/webhooks/cariosan")
+            .header("x-cariosan-delivery", id)
+            .header("x-cariosan-event", "message.created")
+            .header("x-cariosan-signature", signature)
+            .body(BytesBody::new(Bytes::from(body)))
+            .unwrap()
+    };
+    let requests: Vec<_> = (0..(ROUNDS + 2) * 500).map(|_| request()).collect();
+    let mut receiver_requests = requests.clone().into_iter();
+    let mut bare_requests = requests.into_iter();
+    let webhooks = Webhooks::new().on_message_created(|event| async move {
+        black_box(&event.message.mentions);
+        Ok(())
+    });
+    let receiver = CariosanWebhookLayer::new(SECRET)
+        .clock(FixedClock(T))
+        .layer(webhooks);
+    let bare = tower::service_fn(|request: http::Request<BytesBody>| async move {
+        black_box(request.into_body().collect().await.unwrap().to_bytes());
+        Ok::<_, Infallible>(http::Response::new(BytesBody::from("ok")))
+    });
+    let (a, b, _) = pair(
+        500,
+        || {
+            let response = runtime
+                .block_on(receiver.clone().oneshot(receiver_requests.next().unwrap()))
+                .unwrap();
+            assert_eq!(response.status(), 200);
+        },
+        || {
+            black_box(
+                runtime
+                    .block_on(bare.oneshot(bare_requests.next().unwrap()))
+                    .unwrap(),
+            );
+        },
+    );
+    println!("| a delivery through layer + dispatch (`oneshot`) | {} | a bare service reading the body | {} | +{} |", show(a), show(b), show(a - b));
+}
