@@ -13,9 +13,9 @@ use std::sync::{Arc, Mutex};
 use axum::body::Body;
 use axum::routing::post_service;
 use axum::Router;
-use cariosan_webhooks::model::MessageId;
+use cariosan_webhooks::model::{MessageEvent, MessageId};
 use cariosan_webhooks::verify::{sign, Secret};
-use cariosan_webhooks::{CariosanWebhookLayer, HandlerError, Webhooks};
+use cariosan_webhooks::{CariosanWebhookLayer, Delivery, HandlerError, HandlerResult, Webhooks};
 use tower::ServiceExt;
 
 /// Stands in for a database pool: cheap to clone, shared inside.
@@ -35,24 +35,16 @@ impl Store {
 }
 
 fn app(store: Store, secret: &str) -> Router {
+    // One async fn serves both created and edited messages; each closure
+    // hands it a clone of the store.
+    async fn save(store: Store, event: Delivery<MessageEvent>) -> HandlerResult {
+        let message = event.into_inner().message;
+        store.upsert(message.id, message.content).await
+    }
     let (on_created, on_updated, on_deleted) = (store.clone(), store.clone(), store);
     let webhooks = Webhooks::new()
-        .on_message_created(move |event| {
-            let store = on_created.clone();
-            async move {
-                store
-                    .upsert(event.data.message.id, event.data.message.content)
-                    .await
-            }
-        })
-        .on_message_updated(move |event| {
-            let store = on_updated.clone();
-            async move {
-                store
-                    .upsert(event.data.message.id, event.data.message.content)
-                    .await
-            }
-        })
+        .on_message_created(move |event| save(on_created.clone(), event))
+        .on_message_updated(move |event| save(on_updated.clone(), event))
         .on_message_deleted(move |event| {
             let store = on_deleted.clone();
             async move {

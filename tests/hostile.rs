@@ -11,7 +11,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use axum::Router;
-use cariosan_webhooks::{CariosanWebhookLayer, Webhooks};
+use cariosan_webhooks::CariosanWebhookLayer;
 use common::*;
 use tokio::io::AsyncWriteExt;
 use tokio::net::TcpStream;
@@ -25,15 +25,7 @@ struct Server {
 }
 
 async fn server() -> Server {
-    let runs = Arc::new(AtomicUsize::new(0));
-    let counted = runs.clone();
-    let webhooks = Webhooks::new().on_any(move |_| {
-        let runs = counted.clone();
-        async move {
-            runs.fetch_add(1, Ordering::SeqCst);
-            Ok(())
-        }
-    });
+    let (webhooks, runs) = counting_webhooks();
     let app = Router::new()
         .route_service("/webhooks/cariosan", webhooks)
         .layer(CariosanWebhookLayer::new(SECRET).body_timeout(Duration::from_secs(1)));

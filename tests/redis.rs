@@ -5,14 +5,13 @@
 
 mod common;
 
-use std::sync::atomic::{AtomicUsize, Ordering};
-use std::sync::Arc;
+use std::sync::atomic::Ordering;
 use std::time::{Duration, Instant};
 
 use axum::routing::post_service;
 use axum::Router;
 use cariosan_webhooks::store::{Claim, IdempotencyStore, RedisStore};
-use cariosan_webhooks::{CariosanWebhookLayer, Webhooks};
+use cariosan_webhooks::CariosanWebhookLayer;
 use common::process::ReceiverProcess;
 use common::redis_server::RedisServer;
 use common::*;
@@ -83,15 +82,7 @@ async fn claims_are_exclusive_released_by_their_holder_only_and_expire() {
 #[ignore = "needs redis-server on PATH; .ci/run installs it and runs the ignored tests"]
 async fn a_redis_outage_is_503_and_the_delivery_succeeds_once_redis_returns() {
     let mut redis = RedisServer::start();
-    let runs = Arc::new(AtomicUsize::new(0));
-    let counted = runs.clone();
-    let webhooks = Webhooks::new().on_any(move |_| {
-        let runs = counted.clone();
-        async move {
-            runs.fetch_add(1, Ordering::SeqCst);
-            Ok(())
-        }
-    });
+    let (webhooks, runs) = counting_webhooks();
     let store = RedisStore::connect(&redis.url()).await.unwrap();
     let app = Router::new()
         .route("/webhooks/cariosan", post_service(webhooks))

@@ -7,7 +7,7 @@ use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
 
-use cariosan_webhooks::model::{Message, UserRef};
+use cariosan_webhooks::model::{MembersChanged, Message, UserRef};
 use cariosan_webhooks::{Delivery, HandlerResult, Webhooks};
 use http_body_util::{BodyExt, Full};
 use hyper_util::rt::TokioIo;
@@ -35,6 +35,21 @@ fn handled<T>(
 
 fn who<'a>(user: Option<&'a UserRef>, nobody: &'a str) -> &'a str {
     user.map_or(nobody, |u| u.external_id.as_str())
+}
+
+/// `user_a,user_b joined ch_1 (by user_c)`.
+fn members(event: &MembersChanged, verb: &str) -> String {
+    let users: Vec<_> = event
+        .members
+        .iter()
+        .map(|m| m.user.external_id.as_str())
+        .collect();
+    let actor = who(event.actor.as_ref(), "the backend API");
+    format!(
+        "{} {verb} {} (by {actor})",
+        users.join(","),
+        event.channel.id
+    )
 }
 
 fn short(text: &str) -> String {
@@ -152,42 +167,12 @@ pub fn webhooks(report: Report, delay: Option<Duration>) -> Webhooks {
             )
         })
         .on_member_added(move |e| {
-            let users: Vec<_> = e
-                .members
-                .iter()
-                .map(|m| m.user.external_id.as_str())
-                .collect();
-            handled(
-                delay,
-                &r8,
-                &e,
-                "member.added",
-                format!(
-                    "{} joined {} (by {})",
-                    users.join(","),
-                    e.channel.id,
-                    who(e.actor.as_ref(), "the backend API")
-                ),
-            )
+            let summary = members(&e, "joined");
+            handled(delay, &r8, &e, "member.added", summary)
         })
         .on_member_removed(move |e| {
-            let users: Vec<_> = e
-                .members
-                .iter()
-                .map(|m| m.user.external_id.as_str())
-                .collect();
-            handled(
-                delay,
-                &r9,
-                &e,
-                "member.removed",
-                format!(
-                    "{} left {} (by {})",
-                    users.join(","),
-                    e.channel.id,
-                    who(e.actor.as_ref(), "the backend API")
-                ),
-            )
+            let summary = members(&e, "left");
+            handled(delay, &r9, &e, "member.removed", summary)
         })
         .on_member_updated(move |e| {
             let m = &e.member;

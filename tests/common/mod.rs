@@ -169,3 +169,21 @@ pub fn with_id(body: &[u8], new_id: &str) -> Vec<u8> {
     let close = open + text[open..].find('"').unwrap();
     format!("{}{new_id}{}", &text[..open], &text[close..]).into_bytes()
 }
+
+/// Handlers that count how many deliveries of a known type ran.
+pub fn counting_webhooks() -> (
+    cariosan_webhooks::Webhooks,
+    std::sync::Arc<std::sync::atomic::AtomicUsize>,
+) {
+    use std::sync::atomic::{AtomicUsize, Ordering};
+    let runs = std::sync::Arc::new(AtomicUsize::new(0));
+    let counted = runs.clone();
+    let webhooks = cariosan_webhooks::Webhooks::new().on_any(move |_| {
+        let runs = counted.clone();
+        async move {
+            runs.fetch_add(1, Ordering::SeqCst);
+            Ok(())
+        }
+    });
+    (webhooks, runs)
+}
