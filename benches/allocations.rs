@@ -4,10 +4,9 @@
 
 use std::hint::black_box;
 
-use bytes::Bytes;
 use cariosan_webhooks::model::Envelope;
 use cariosan_webhooks::verify::{sign, FixedClock, Secret, Verifier};
-use cariosan_webhooks::{BytesBody, CariosanWebhookLayer, Webhooks};
+use cariosan_webhooks::{CariosanWebhookLayer, Webhooks};
 use tower::{Layer, ServiceExt};
 
 // dhat's allocator counts every allocation; the crate forbids unsafe code,
@@ -15,8 +14,9 @@ use tower::{Layer, ServiceExt};
 #[global_allocator]
 static ALLOCATOR: dhat::Alloc = dhat::Alloc;
 
-const SECRET: &str = "whsec_2CfBq8m1ZbLr0v5yHkQ7tE9uXw3aJs6N";
-const T: i64 = 1_795_000_000;
+mod support;
+
+use support::{SECRET, T};
 const ROUNDS: usize = 1000;
 
 fn counted<R>(mut f: impl FnMut(usize) -> R) -> (f64, f64) {
@@ -44,13 +44,7 @@ fn main() {
     // `valgrind --tool=callgrind` (dhat then passes allocations through).
     let profiling = std::env::var_os("CARIOSAN_PROFILE").is_some();
     let _profiler = (!profiling).then(|| dhat::Profiler::builder().testing().build());
-    let reply = std::fs::read(concat!(
-        env!("CARGO_MANIFEST_DIR"),
-        "/tests/fixtures/events/message.created.reply.json"
-    ))
-    .unwrap();
-    let body =
-        serde_json::to_vec(&serde_json::from_slice::<serde_json::Value>(&reply).unwrap()).unwrap();
+    let body = support::compact_reply();
     let text = String::from_utf8(body.clone()).unwrap();
     let secret = Secret::new(SECRET).unwrap();
     let id = "evt_01JDB7R0AAAAAAAAAAAAAAAAAA";
@@ -62,18 +56,7 @@ fn main() {
 
     // Requests are built before counting; only the delivery is counted.
     let requests: Vec<_> = (0..=ROUNDS)
-        .map(|n| {
-            let id = format!("evt_alloc_{n:018}");
-            let body = text.replace("evt_01JDB7R0AAAAAAAAAAAAAAAAAA", &id);
-            let signature = sign(std::slice::from_ref(&secret), &id, T, body.as_bytes());
-            http::Request::post("/webhooks/cariosan")
-                .header("x-cariosan-delivery", id)
-                .header("x-cariosan-event", "message.created")
-                .header("x-cariosan-attempt", "1")
-                .header("x-cariosan-signature", signature)
-                .body(BytesBody::new(Bytes::from(body)))
-                .unwrap()
-        })
+        .map(|n| support::signed_request(&secret, &text, &format!("evt_alloc_{n:018}")))
         .collect();
     let mut requests = requests.into_iter();
     let runtime = tokio::runtime::Builder::new_current_thread()

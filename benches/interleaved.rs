@@ -7,17 +7,15 @@ use std::convert::Infallible;
 use std::hint::black_box;
 use std::time::Instant;
 
-use bytes::Bytes;
 use cariosan_webhooks::model::Envelope;
 use cariosan_webhooks::verify::{sign, FixedClock, Secret, Verifier};
 use cariosan_webhooks::{BytesBody, CariosanWebhookLayer, Webhooks};
-use hmac::{Hmac, Mac};
 use http_body_util::BodyExt;
-use sha2::Sha256;
 use tower::{Layer, ServiceExt};
 
-const SECRET: &str = "whsec_2CfBq8m1ZbLr0v5yHkQ7tE9uXw3aJs6N";
-const T: i64 = 1_795_000_000;
+mod support;
+
+use support::{compact_reply, raw_hmac, SECRET, T};
 const ROUNDS: usize = 41;
 
 fn median(mut values: Vec<f64>) -> f64 {
@@ -53,14 +51,6 @@ fn pair(batch: usize, mut a: impl FnMut(), mut b: impl FnMut()) -> (f64, f64, f6
     (median(ta), median(tb), median(ratios))
 }
 
-fn raw_hmac(key: &Hmac<Sha256>, id: &[u8], t: &[u8], body: &[u8]) -> [u8; 32] {
-    let mut mac = key.clone();
-    for part in [id, b".", t, b".", body] {
-        mac.update(part);
-    }
-    mac.finalize().into_bytes().into()
-}
-
 fn show(ns: f64) -> String {
     if ns >= 1000.0 {
         format!("{:.2} µs", ns / 1000.0)
@@ -69,21 +59,12 @@ fn show(ns: f64) -> String {
     }
 }
 
-fn compact_reply() -> Vec<u8> {
-    let reply = std::fs::read(concat!(
-        env!("CARGO_MANIFEST_DIR"),
-        "/tests/fixtures/events/message.created.reply.json"
-    ))
-    .unwrap();
-    serde_json::to_vec(&serde_json::from_slice::<serde_json::Value>(&reply).unwrap()).unwrap()
-}
-
 fn main() {
     if !std::env::args().any(|a| a == "--bench") {
         println!("interleaved: run with `cargo bench --bench interleaved`");
         return;
     }
-    let key = Hmac::<Sha256>::new_from_slice(SECRET.as_bytes()).unwrap();
+    let key = support::key();
     let secret = Secret::new(SECRET).unwrap();
     let verifier = Verifier::from_secret(secret.clone()).clock(FixedClock(T));
     let id = "evt_01JDB7R0AAAAAAAAAAAAAAAAAA";
@@ -195,15 +176,7 @@ fn main() {
     let mut n = 0u64;
     let mut request = move || {
         n += 1;
-        let id = format!("evt_bench_{n:018}");
-        let body = text.replace("evt_01JDB7R0AAAAAAAAAAAAAAAAAA", &id);
-        let signature = sign(std::slice::from_ref(&secret), &id, T, body.as_bytes());
-        http::Request::post("/webhooks/cariosan")
-            .header("x-cariosan-delivery", id)
-            .header("x-cariosan-event", "message.created")
-            .header("x-cariosan-signature", signature)
-            .body(BytesBody::new(Bytes::from(body)))
-            .unwrap()
+        support::signed_request(&secret, &text, &format!("evt_bench_{n:018}"))
     };
     let requests: Vec<_> = (0..(ROUNDS + 2) * 500).map(|_| request()).collect();
     let mut receiver_requests = requests.clone().into_iter();

@@ -14,30 +14,16 @@ use std::convert::Infallible;
 use std::hint::black_box;
 use std::sync::atomic::{AtomicU64, Ordering};
 
-use bytes::Bytes;
 use cariosan_webhooks::model::Envelope;
 use cariosan_webhooks::verify::{sign, FixedClock, Secret, Verifier};
 use cariosan_webhooks::{BytesBody, CariosanWebhookLayer, Webhooks};
 use criterion::{criterion_group, criterion_main, BatchSize, BenchmarkId, Criterion, Throughput};
-use hmac::{Hmac, Mac};
 use http_body_util::BodyExt;
-use sha2::Sha256;
 use tower::{Layer, ServiceExt};
 
-const SECRET: &str = "whsec_2CfBq8m1ZbLr0v5yHkQ7tE9uXw3aJs6N";
-const T: i64 = 1_795_000_000;
+mod support;
 
-/// The limit: HMAC-SHA256 with the key schedule prepared once, over the
-/// signed content in parts, as any verifier must compute it.
-fn raw_hmac(key: &Hmac<Sha256>, id: &[u8], t: &[u8], body: &[u8]) -> [u8; 32] {
-    let mut mac = key.clone();
-    mac.update(id);
-    mac.update(b".");
-    mac.update(t);
-    mac.update(b".");
-    mac.update(body);
-    mac.finalize().into_bytes().into()
-}
+use support::{raw_hmac, SECRET, T};
 
 fn fixtures() -> Vec<(String, Vec<u8>)> {
     let dir = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/fixtures/events");
@@ -53,21 +39,14 @@ fn fixtures() -> Vec<(String, Vec<u8>)> {
         })
         .collect();
     out.sort();
-    // The compact form of the reply (1,164 bytes): what a sender emits.
-    let reply = out
-        .iter()
-        .find(|(n, _)| n == "message.created.reply")
-        .unwrap()
-        .1
-        .clone();
-    let compact =
-        serde_json::to_vec(&serde_json::from_slice::<serde_json::Value>(&reply).unwrap()).unwrap();
+    // The compact form of the reply: what a sender emits.
+    let compact = support::compact_reply();
     out.push(("message.created.reply.compact".into(), compact));
     out
 }
 
 fn verification(c: &mut Criterion) {
-    let key = Hmac::<Sha256>::new_from_slice(SECRET.as_bytes()).unwrap();
+    let key = support::key();
     let secret = Secret::new(SECRET).unwrap();
     let verifier = Verifier::from_secret(secret.clone()).clock(FixedClock(T));
     let mut group = c.benchmark_group("verify");
@@ -98,7 +77,7 @@ fn verification(c: &mut Criterion) {
 }
 
 fn parsing(c: &mut Criterion) {
-    let key = Hmac::<Sha256>::new_from_slice(SECRET.as_bytes()).unwrap();
+    let key = support::key();
     let secret = Secret::new(SECRET).unwrap();
     let verifier = Verifier::from_secret(secret.clone()).clock(FixedClock(T));
     let mut group = c.benchmark_group("parse");
@@ -153,17 +132,7 @@ fn layer(c: &mut Criterion) {
     // Every request is a new delivery: the same id would be a duplicate.
     let request = || {
         let n = counter.fetch_add(1, Ordering::Relaxed);
-        let id = format!("evt_bench_{n:016}");
-        let body = template.replace("evt_01JDB7R0AAAAAAAAAAAAAAAAAA", &id);
-        let signature = sign(std::slice::from_ref(&secret), &id, T, body.as_bytes());
-        http::Request::post("/webhooks/cariosan")
-            .header("x-cariosan-delivery", id)
-            .header("x-cariosan-event", "message.created")
-            .header("x-cariosan-attempt", "1")
-            .header("x-cariosan-signature", signature)
-            .header("content-length", body.len())
-            .body(BytesBody::new(Bytes::from(body)))
-            .unwrap()
+        support::signed_request(&secret, &template, &format!("evt_bench_{n:016}"))
     };
     let webhooks = Webhooks::new().on_message_created(|event| async move {
         black_box(&event.message.mentions);

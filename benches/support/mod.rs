@@ -1,0 +1,54 @@
+//! Shared by the benchmarks: the limit they compare against, the sample
+//! body and signed requests.
+#![allow(dead_code)]
+
+use bytes::Bytes;
+use cariosan_webhooks::verify::{sign, Secret};
+use cariosan_webhooks::BytesBody;
+use hmac::{Hmac, Mac};
+use sha2::Sha256;
+
+pub const SECRET: &str = "whsec_2CfBq8m1ZbLr0v5yHkQ7tE9uXw3aJs6N";
+pub const T: i64 = 1_795_000_000;
+/// The envelope id of the reply fixture, replaced to make new deliveries.
+pub const REPLY_ID: &str = "evt_01JDB7R0AAAAAAAAAAAAAAAAAA";
+
+/// The limit: HMAC-SHA256 with the key schedule prepared once, over the
+/// signed content in parts, as any verifier must compute it. Written here
+/// on `hmac` and `sha2` directly, independently of the crate.
+pub fn raw_hmac(key: &Hmac<Sha256>, id: &[u8], t: &[u8], body: &[u8]) -> [u8; 32] {
+    let mut mac = key.clone();
+    for part in [id, b".", t, b".", body] {
+        mac.update(part);
+    }
+    mac.finalize().into_bytes().into()
+}
+
+pub fn key() -> Hmac<Sha256> {
+    Hmac::<Sha256>::new_from_slice(SECRET.as_bytes()).unwrap()
+}
+
+/// The `message.created` reply fixture, compact (1,142 bytes): what a sender
+/// emits.
+pub fn compact_reply() -> Vec<u8> {
+    let reply = std::fs::read(concat!(
+        env!("CARGO_MANIFEST_DIR"),
+        "/tests/fixtures/events/message.created.reply.json"
+    ))
+    .unwrap();
+    serde_json::to_vec(&serde_json::from_slice::<serde_json::Value>(&reply).unwrap()).unwrap()
+}
+
+/// A new signed delivery of the compact reply under delivery id `id`.
+pub fn signed_request(secret: &Secret, template: &str, id: &str) -> http::Request<BytesBody> {
+    let body = template.replace(REPLY_ID, id);
+    let signature = sign(std::slice::from_ref(secret), id, T, body.as_bytes());
+    http::Request::post("/webhooks/cariosan")
+        .header("x-cariosan-delivery", id)
+        .header("x-cariosan-event", "message.created")
+        .header("x-cariosan-attempt", "1")
+        .header("x-cariosan-signature", signature)
+        .header("content-length", body.len())
+        .body(BytesBody::new(Bytes::from(body)))
+        .unwrap()
+}
