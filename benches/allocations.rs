@@ -6,8 +6,7 @@ use std::hint::black_box;
 
 use cariosan_webhooks::model::Envelope;
 use cariosan_webhooks::verify::{sign, FixedClock, Secret, Verifier};
-use cariosan_webhooks::{CariosanWebhookLayer, Webhooks};
-use tower::{Layer, ServiceExt};
+use tower::ServiceExt;
 
 // dhat's allocator counts every allocation; the crate forbids unsafe code,
 // so no hand-written GlobalAlloc.
@@ -63,13 +62,7 @@ fn main() {
         .enable_all()
         .build()
         .unwrap();
-    let webhooks = Webhooks::new().on_message_created(|event| async move {
-        black_box(&event.message.mentions);
-        Ok(())
-    });
-    let service = CariosanWebhookLayer::new(SECRET)
-        .clock(FixedClock(T))
-        .layer(webhooks);
+    let service = support::receiver();
     let (delivery_allocs, delivery_bytes) = counted(|_| {
         let request = requests.next().unwrap();
         let response = runtime.block_on(service.clone().oneshot(request)).unwrap();

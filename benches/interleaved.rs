@@ -3,15 +3,12 @@
 //! process, and the median of the per-round ratios is reported with the
 //! median time of each side. `cargo bench --bench interleaved`.
 
-use std::convert::Infallible;
 use std::hint::black_box;
 use std::time::Instant;
 
 use cariosan_webhooks::model::Envelope;
 use cariosan_webhooks::verify::{sign, FixedClock, Secret, Verifier};
-use cariosan_webhooks::{BytesBody, CariosanWebhookLayer, Webhooks};
-use http_body_util::BodyExt;
-use tower::{Layer, ServiceExt};
+use tower::ServiceExt;
 
 mod support;
 
@@ -181,17 +178,8 @@ fn main() {
     let requests: Vec<_> = (0..(ROUNDS + 2) * 500).map(|_| request()).collect();
     let mut receiver_requests = requests.clone().into_iter();
     let mut bare_requests = requests.into_iter();
-    let webhooks = Webhooks::new().on_message_created(|event| async move {
-        black_box(&event.message.mentions);
-        Ok(())
-    });
-    let receiver = CariosanWebhookLayer::new(SECRET)
-        .clock(FixedClock(T))
-        .layer(webhooks);
-    let bare = tower::service_fn(|request: http::Request<BytesBody>| async move {
-        black_box(request.into_body().collect().await.unwrap().to_bytes());
-        Ok::<_, Infallible>(http::Response::new(BytesBody::from("ok")))
-    });
+    let receiver = support::receiver();
+    let bare = support::bare();
     let (a, b, _) = pair(
         500,
         || {

@@ -10,16 +10,13 @@
 //! `cargo bench --bench throughput && python3 benches/ratios.py` prints the
 //! ratio tables that BENCHMARKS.md records.
 
-use std::convert::Infallible;
 use std::hint::black_box;
 use std::sync::atomic::{AtomicU64, Ordering};
 
 use cariosan_webhooks::model::Envelope;
 use cariosan_webhooks::verify::{sign, FixedClock, Secret, Verifier};
-use cariosan_webhooks::{BytesBody, CariosanWebhookLayer, Webhooks};
 use criterion::{criterion_group, criterion_main, BatchSize, BenchmarkId, Criterion, Throughput};
-use http_body_util::BodyExt;
-use tower::{Layer, ServiceExt};
+use tower::ServiceExt;
 
 mod support;
 
@@ -134,18 +131,8 @@ fn layer(c: &mut Criterion) {
         let n = counter.fetch_add(1, Ordering::Relaxed);
         support::signed_request(&secret, &template, &format!("evt_bench_{n:016}"))
     };
-    let webhooks = Webhooks::new().on_message_created(|event| async move {
-        black_box(&event.message.mentions);
-        Ok(())
-    });
-    let receiver = CariosanWebhookLayer::new(SECRET)
-        .clock(FixedClock(T))
-        .layer(webhooks);
-    let bare = tower::service_fn(|request: http::Request<BytesBody>| async move {
-        let body = request.into_body().collect().await.unwrap().to_bytes();
-        black_box(body);
-        Ok::<_, Infallible>(http::Response::new(BytesBody::from("ok")))
-    });
+    let receiver = support::receiver();
+    let bare = support::bare();
     let mut group = c.benchmark_group("layer");
     group.bench_function("bare", |b| {
         b.to_async(&runtime)

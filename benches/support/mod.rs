@@ -2,11 +2,15 @@
 //! body and signed requests.
 #![allow(dead_code)]
 
+use std::convert::Infallible;
+
 use bytes::Bytes;
-use cariosan_webhooks::verify::{sign, Secret};
-use cariosan_webhooks::BytesBody;
+use cariosan_webhooks::verify::{sign, FixedClock, Secret};
+use cariosan_webhooks::{BytesBody, CariosanWebhookLayer, CariosanWebhookService, Webhooks};
 use hmac::{Hmac, Mac};
+use http_body_util::BodyExt;
 use sha2::Sha256;
+use tower::Layer;
 
 pub const SECRET: &str = "whsec_2CfBq8m1ZbLr0v5yHkQ7tE9uXw3aJs6N";
 pub const T: i64 = 1_795_000_000;
@@ -51,4 +55,29 @@ pub fn signed_request(secret: &Secret, template: &str, id: &str) -> http::Reques
         .header("content-length", body.len())
         .body(BytesBody::new(Bytes::from(body)))
         .unwrap()
+}
+
+/// The receiver under measurement: the layer (clock fixed at [`T`]) over
+/// one `message.created` handler that touches the payload.
+pub fn receiver() -> CariosanWebhookService<Webhooks> {
+    let webhooks = Webhooks::new().on_message_created(|event| async move {
+        std::hint::black_box(&event.message.mentions);
+        Ok(())
+    });
+    CariosanWebhookLayer::new(SECRET)
+        .clock(FixedClock(T))
+        .layer(webhooks)
+}
+
+/// The baseline: a bare service that reads the body and answers 200.
+pub fn bare() -> impl tower::Service<
+    http::Request<BytesBody>,
+    Response = http::Response<BytesBody>,
+    Error = Infallible,
+    Future = impl std::future::Future<Output = Result<http::Response<BytesBody>, Infallible>> + Send,
+> + Copy {
+    tower::service_fn(|request: http::Request<BytesBody>| async move {
+        std::hint::black_box(request.into_body().collect().await.unwrap().to_bytes());
+        Ok::<_, Infallible>(http::Response::new(BytesBody::from("ok")))
+    })
 }
