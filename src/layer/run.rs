@@ -3,11 +3,13 @@
 //! the idempotency store however it ends.
 
 use std::collections::HashMap;
+use std::future::poll_fn;
 use std::future::Future;
 use std::panic::AssertUnwindSafe;
 use std::pin::pin;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
+use std::task::Poll;
 use std::time::Duration;
 
 use futures_util::FutureExt;
@@ -50,11 +52,16 @@ pub(crate) enum RunOutcome<T> {
 }
 
 impl Deliveries {
-    /// Spawns `future` (the inner service's call for a claimed delivery) so
+    /// Runs `future` (the inner service's call for a claimed delivery) so
     /// that it runs to completion whatever happens to the client, renews the
     /// claim while it runs, and then completes the id on a 2xx answer or
     /// releases it otherwise. Waits at most the budget for it: `None` when
     /// the budget ran out first.
+    ///
+    /// The run is polled once here first: most handlers and the in-memory
+    /// store finish without waiting on anything, and then no task, timer or
+    /// tracker entry is needed. A run that has to wait is moved, boxed and
+    /// already started, into a task of its own.
     pub(crate) async fn run<F, B, E>(
         &self,
         id: String,
@@ -67,24 +74,33 @@ impl Deliveries {
         B: Send + 'static,
         E: Send + 'static,
     {
-        let key = self.tracker.register(&id, &token);
+        let claim = Arc::new(Running { id, token });
         let this = self.clone();
-        let task = tokio::spawn(
+        let run_claim = claim.clone();
+        let mut run = Box::pin(
             async move {
                 let _permit = permit;
-                let _registered = Registered(this.tracker.clone(), key);
-                let result = this.run_renewing(&id, &token, future).await;
+                let (id, token) = (&run_claim.id, &run_claim.token);
+                let result = this.run_renewing(id, token, future).await;
                 let handled = matches!(&result, Ok(Ok(response)) if response.status().is_success());
-                this.settle(&id, &token, handled).await;
+                this.settle(id, token, handled).await;
                 result
             }
             .in_current_span(),
         );
+        if let Poll::Ready(result) = poll_fn(|cx| Poll::Ready(run.as_mut().poll(cx))).await {
+            return Some(finished(result));
+        }
+        let key = self.tracker.register(claim);
+        let registered = Registered(self.tracker.clone(), key);
+        let task = tokio::spawn(async move {
+            let _registered = registered;
+            run.await
+        });
         self.tracker.set_abort(key, task.abort_handle());
         match tokio::time::timeout(self.budget, task).await {
             Err(_elapsed) => None,
-            Ok(Ok(Ok(result))) => Some(RunOutcome::Finished(result)),
-            Ok(Ok(Err(_panic))) => Some(RunOutcome::Panicked),
+            Ok(Ok(result)) => Some(finished(result)),
             Ok(Err(join_error)) if join_error.is_cancelled() => Some(RunOutcome::Abandoned),
             Ok(Err(_panic)) => Some(RunOutcome::Panicked),
         }
@@ -100,6 +116,8 @@ impl Deliveries {
         let every = (self.lease / 3).max(Duration::from_millis(1));
         loop {
             tokio::select! {
+                // The handler first: when it is ready, no timer is armed.
+                biased;
                 result = &mut future => return result,
                 () = tokio::time::sleep(every) => match self.store.renew(id, token, self.lease).await {
                     Ok(true) => {}
@@ -124,18 +142,32 @@ impl Deliveries {
     }
 }
 
+/// A run's result, with a panic in the handlers (caught in
+/// `run_renewing`) told apart.
+fn finished<T>(result: Result<T, Box<dyn std::any::Any + Send>>) -> RunOutcome<T> {
+    match result {
+        Ok(result) => RunOutcome::Finished(result),
+        Err(_panic) => RunOutcome::Panicked,
+    }
+}
+
 /// The runs under way, so that a shutdown can wait for them or abandon them
 /// and release their claims.
 #[derive(Default)]
 pub(crate) struct Tracker {
     closing: AtomicBool,
     next: AtomicU64,
-    running: Mutex<HashMap<u64, Running>>,
+    running: Mutex<HashMap<u64, Tracked>>,
 }
 
+/// The claim a run holds.
 struct Running {
     id: String,
     token: ClaimToken,
+}
+
+struct Tracked {
+    claim: Arc<Running>,
     abort: Option<AbortHandle>,
 }
 
@@ -149,20 +181,15 @@ impl Drop for Registered {
 }
 
 impl Tracker {
-    fn lock(&self) -> std::sync::MutexGuard<'_, HashMap<u64, Running>> {
+    fn lock(&self) -> std::sync::MutexGuard<'_, HashMap<u64, Tracked>> {
         self.running
             .lock()
             .unwrap_or_else(|poisoned| poisoned.into_inner())
     }
 
-    fn register(&self, id: &str, token: &ClaimToken) -> u64 {
+    fn register(&self, claim: Arc<Running>) -> u64 {
         let key = self.next.fetch_add(1, Ordering::Relaxed);
-        let running = Running {
-            id: id.to_owned(),
-            token: token.clone(),
-            abort: None,
-        };
-        self.lock().insert(key, running);
+        self.lock().insert(key, Tracked { claim, abort: None });
         key
     }
 
@@ -222,7 +249,7 @@ impl ShutdownHandle {
         while self.running() > 0 && tokio::time::Instant::now() < until {
             tokio::time::sleep(Duration::from_millis(10)).await;
         }
-        let abandoned: Vec<Running> = self
+        let abandoned: Vec<Tracked> = self
             .deliveries
             .tracker
             .lock()
@@ -236,10 +263,10 @@ impl ShutdownHandle {
             if let Err(error) = self
                 .deliveries
                 .store
-                .release(&running.id, &running.token)
+                .release(&running.claim.id, &running.claim.token)
                 .await
             {
-                tracing::warn!(%error, delivery_id = %running.id, "could not release an abandoned claim; its lease will");
+                tracing::warn!(%error, delivery_id = %running.claim.id, "could not release an abandoned claim; its lease will");
             }
         }
         if !abandoned.is_empty() {
