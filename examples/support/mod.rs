@@ -2,6 +2,7 @@
 //! line per delivery, a tiny HTTP client, and the sample deliveries.
 #![allow(dead_code)]
 
+use std::fmt::Write;
 use std::future::Future;
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -52,38 +53,39 @@ fn members(event: &MembersChanged, verb: &str) -> String {
     )
 }
 
-fn short(text: &str) -> String {
-    let cut: String = text.chars().take(40).collect();
-    if cut.len() < text.len() {
-        format!("{cut}…")
-    } else {
-        cut
+/// `text`'s first 40 characters, quoted on one line: line breaks and other
+/// control characters become spaces.
+fn quote(summary: &mut String, text: &str) {
+    let cut = text.char_indices().nth(40).map_or(text.len(), |(at, _)| at);
+    summary.push('"');
+    summary.extend(
+        text[..cut]
+            .chars()
+            .map(|c| if c.is_control() { ' ' } else { c }),
+    );
+    if cut < text.len() {
+        summary.push('…');
     }
+    summary.push('"');
 }
 
 fn message(message: &Message) -> String {
     let mut summary = format!(
-        "{} {} by {}: {:?}",
+        "{} {} by {}: ",
         message.message_type,
         message.id,
         who(message.sender.as_ref(), "system"),
-        short(&message.content)
     );
+    quote(&mut summary, &message.content);
     if let Some(quoted) = &message.quoted_message {
         let state = if quoted.deleted { "unsent" } else { "quoting" };
-        summary.push_str(&format!(
-            " (reply to {} {state} {:?})",
-            quoted.id,
-            short(&quoted.content)
-        ));
+        let _ = write!(summary, " (reply to {} {state} ", quoted.id);
+        quote(&mut summary, &quoted.content);
+        summary.push(')');
     }
-    if !message.mentions.is_empty() {
-        let names: Vec<_> = message
-            .mentions
-            .iter()
-            .map(|u| u.external_id.as_str())
-            .collect();
-        summary.push_str(&format!(" mentions {}", names.join(",")));
+    for (n, user) in message.mentions.iter().enumerate() {
+        summary.push_str(if n == 0 { " mentions " } else { "," });
+        summary.push_str(&user.external_id);
     }
     summary
 }
