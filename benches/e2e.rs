@@ -1,11 +1,17 @@
-//! End-to-end load on loopback: the `receiver` example and a bare axum
-//! handler that reads the body, each a process pinned to core 0, loaded in
-//! turn by this process (keep-alive HTTP/1.1 connections, closed loop) with
-//! signed 1 KiB-class `message.created` deliveries, each a new delivery id.
-//! Reports req/s, p50/p99 latency and server CPU µs per request, and the
-//! receiver's ratio to bare, as medians over repeated alternating runs.
+//! End-to-end load on loopback. Servers, each a process pinned to core 0:
+//! a bare axum handler that reads the body; a naive hand-written receiver
+//! (HMAC with the key set up per request, hex compared as text, typed
+//! parse); the layer over a handler that does nothing (the crate's own
+//! cost); and the `receiver` example as a user deploys it (it also writes a
+//! summary line per delivery), built with default features and with
+//! feature `ring`. Loaded in turn by this process (keep-alive HTTP/1.1
+//! connections, closed loop) with signed 1 KiB-class `message.created`
+//! deliveries, each a new delivery id. Reports req/s, p50/p99 latency and
+//! server CPU µs per request, and the ratios to bare, as medians over
+//! repeated alternating runs.
 //!
-//! `cargo bench --bench e2e` (about 2 minutes). Bounded: every run stops
+//! `cargo bench --bench e2e` (about 5 minutes; `-- --only <name part>`
+//! loads bare axum and the servers whose name contains it). Bounded: every run stops
 //! after its duration, and only 127.0.0.1 is addressed.
 
 use std::net::SocketAddr;
@@ -19,85 +25,89 @@ use cariosan_webhooks::verify::{sign, Secret};
 use http_body_util::{BodyExt, Full};
 use hyper_util::rt::TokioIo;
 
-const SECRET: &str = "whsec_2CfBq8m1ZbLr0v5yHkQ7tE9uXw3aJs6N";
+mod support;
+
+use support::{REPLY_ID, SECRET};
+
 const RUN: Duration = Duration::from_secs(3);
 const REPEATS: usize = 3;
 const CONNECTIONS: [usize; 3] = [2, 16, 64];
 
 fn main() {
     let args: Vec<String> = std::env::args().collect();
-    if let Some(at) = args.iter().position(|a| a == "--serve-bare") {
-        serve_bare(args[at + 1].parse().unwrap());
-        return;
+    for (flag, app) in [
+        ("--serve-bare", bare as fn() -> axum::Router),
+        ("--serve-naive", naive),
+        ("--serve-layer", layer),
+    ] {
+        if let Some(at) = args.iter().position(|a| a == flag) {
+            serve(args[at + 1].parse().unwrap(), app());
+            return;
+        }
     }
     if args.iter().any(|a| a == "--test") || !args.iter().any(|a| a == "--bench") {
         println!("e2e: run with `cargo bench --bench e2e`");
         return;
     }
-    let status = Command::new(env!("CARGO"))
-        .args(["build", "--release", "--example", "receiver"])
-        .current_dir(env!("CARGO_MANIFEST_DIR"))
-        .status()
-        .unwrap();
-    assert!(status.success());
-    let receiver_bin = format!(
-        "{}/target/release/examples/receiver",
-        env!("CARGO_MANIFEST_DIR")
-    );
+    let receiver_default = build_receiver(&[], "receiver-default");
+    let receiver_ring = build_receiver(&["--features", "ring"], "receiver-ring");
 
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()
         .unwrap();
-    // Every request to the receiver is a new delivery (a repeated id would be
-    // a cheap duplicate); the bare handler may reuse them.
-    let pool = Arc::new(signed_pool(750_000));
-    let next_for_receiver = Arc::new(AtomicUsize::new(0));
+    let all: [(&str, &dyn Fn(SocketAddr) -> Command); 5] = [
+        ("bare axum", &|addr| own_server("--serve-bare", addr)),
+        ("naive verify + parse", &|addr| {
+            own_server("--serve-naive", addr)
+        }),
+        ("layer, no-op handler", &|addr| {
+            own_server("--serve-layer", addr)
+        }),
+        ("receiver example", &|addr| {
+            receiver(&receiver_default, addr)
+        }),
+        ("receiver example, `ring`", &|addr| {
+            receiver(&receiver_ring, addr)
+        }),
+    ];
+    let only = args
+        .iter()
+        .position(|a| a == "--only")
+        .map(|at| args[at + 1].as_str());
+    // Bare axum first: the others' ratios are to it.
+    let servers: Vec<_> = all
+        .into_iter()
+        .enumerate()
+        .filter(|(at, (name, _))| *at == 0 || only.is_none_or(|part| name.contains(part)))
+        .map(|(_, server)| server)
+        .collect();
+    // Every server process starts empty, so every request of a run is a new
+    // delivery as long as a run stays within the pool (a repeated id would
+    // be a cheap duplicate).
+    let pool = Arc::new(signed_pool(250_000));
+    let mut ran_out = false;
 
     println!("| connections | server | req/s | p50 | p99 | server CPU µs/req | req/s vs bare | p99 vs bare |");
     println!("|---|---|---|---|---|---|---|---|");
     for connections in CONNECTIONS {
-        let mut bare_runs = Vec::new();
-        let mut receiver_runs = Vec::new();
+        let mut runs: Vec<Vec<Result>> = servers.iter().map(|_| Vec::new()).collect();
         for _ in 0..REPEATS {
-            for kind in ["bare", "receiver"] {
-                let port = free_port();
-                let addr: SocketAddr = format!("127.0.0.1:{port}").parse().unwrap();
-                let mut server = match kind {
-                    "bare" => Command::new("taskset")
-                        .args(["-c", "0"])
-                        .arg(std::env::current_exe().unwrap())
-                        .args(["--serve-bare", &addr.to_string()])
-                        .stdout(Stdio::null())
-                        .spawn()
-                        .unwrap(),
-                    _ => Command::new("taskset")
-                        .args(["-c", "0", &receiver_bin])
-                        .env("CARIOSAN_WEBHOOK_SECRET", SECRET)
-                        .env("CARIOSAN_WEBHOOK_ADDR", addr.to_string())
-                        .env("RUST_LOG", "error")
-                        .stdout(Stdio::null())
-                        .stderr(Stdio::null())
-                        .spawn()
-                        .unwrap(),
-                };
+            for (at, (_, command)) in servers.iter().enumerate() {
+                let addr: SocketAddr = format!("127.0.0.1:{}", free_port()).parse().unwrap();
+                let mut server = command(addr).spawn().unwrap();
                 wait_for(addr);
-                let next = match kind {
-                    "bare" => Arc::new(AtomicUsize::new(0)),
-                    _ => next_for_receiver.clone(),
-                };
-                let result = runtime.block_on(load(addr, connections, pool.clone(), next, &server));
+                let next = Arc::new(AtomicUsize::new(0));
+                let result =
+                    runtime.block_on(load(addr, connections, pool.clone(), next.clone(), &server));
+                ran_out |= next.load(Ordering::Relaxed) >= pool.len();
                 stop(&mut server);
-                if kind == "bare" {
-                    bare_runs.push(result)
-                } else {
-                    receiver_runs.push(result)
-                }
+                runs[at].push(result);
             }
         }
-        let bare = Result::median(bare_runs);
-        let receiver = Result::median(receiver_runs);
-        for (name, r) in [("bare axum", &bare), ("receiver example", &receiver)] {
+        let medians: Vec<Result> = runs.into_iter().map(Result::median).collect();
+        let bare = &medians[0];
+        for ((name, _), r) in servers.iter().zip(&medians) {
             println!(
                 "| {connections} | {name} | {:.0} | {:.0} µs | {:.0} µs | {:.1} | {:.0} % | {:.2}× |",
                 r.rps,
@@ -109,9 +119,47 @@ fn main() {
             );
         }
     }
-    if next_for_receiver.load(Ordering::Relaxed) >= pool.len() {
-        println!("\nnote: the pool of pre-signed deliveries ran out; later requests to the receiver were duplicates");
+    if ran_out {
+        println!("\nnote: a run used up the pool of pre-signed deliveries; its later requests were duplicates");
     }
+}
+
+/// Builds the `receiver` example with `features` and keeps the binary as
+/// `name`, so that several builds can be loaded in one run.
+fn build_receiver(features: &[&str], name: &str) -> String {
+    let status = Command::new(env!("CARGO"))
+        .args(["build", "--release", "--example", "receiver"])
+        .args(features)
+        .current_dir(env!("CARGO_MANIFEST_DIR"))
+        .status()
+        .unwrap();
+    assert!(status.success());
+    let dir = concat!(env!("CARGO_MANIFEST_DIR"), "/target/release/examples");
+    let kept = format!("{dir}/{name}");
+    std::fs::copy(format!("{dir}/receiver"), &kept).unwrap();
+    kept
+}
+
+fn own_server(flag: &str, addr: SocketAddr) -> Command {
+    let mut command = Command::new("taskset");
+    command
+        .args(["-c", "0"])
+        .arg(std::env::current_exe().unwrap())
+        .args([flag, &addr.to_string()])
+        .stdout(Stdio::null());
+    command
+}
+
+fn receiver(binary: &str, addr: SocketAddr) -> Command {
+    let mut command = Command::new("taskset");
+    command
+        .args(["-c", "0", binary])
+        .env("CARIOSAN_WEBHOOK_SECRET", SECRET)
+        .env("CARIOSAN_WEBHOOK_ADDR", addr.to_string())
+        .env("RUST_LOG", "error")
+        .stdout(Stdio::null())
+        .stderr(Stdio::null());
+    command
 }
 
 struct Result {
@@ -132,14 +180,7 @@ impl Result {
 /// Signed deliveries, each with its own id, signed now (valid for the
 /// tolerance: far longer than the bench).
 fn signed_pool(count: usize) -> Vec<(String, String, Bytes)> {
-    let template = std::fs::read(concat!(
-        env!("CARGO_MANIFEST_DIR"),
-        "/tests/fixtures/events/message.created.reply.json"
-    ))
-    .unwrap();
-    let compact =
-        serde_json::to_string(&serde_json::from_slice::<serde_json::Value>(&template).unwrap())
-            .unwrap();
+    let compact = String::from_utf8(support::compact_reply()).unwrap();
     let secret = Secret::new(SECRET).unwrap();
     let now = SystemTime::now()
         .duration_since(UNIX_EPOCH)
@@ -148,7 +189,7 @@ fn signed_pool(count: usize) -> Vec<(String, String, Bytes)> {
     (0..count)
         .map(|n| {
             let id = format!("evt_e2e_{n:020}");
-            let body = compact.replace("evt_01JDB7R0AAAAAAAAAAAAAAAAAA", &id);
+            let body = compact.replace(REPLY_ID, &id);
             let signature = sign(std::slice::from_ref(&secret), &id, now, body.as_bytes());
             (id, signature, Bytes::from(body))
         })
@@ -251,21 +292,85 @@ fn stop(server: &mut Child) {
     let _ = server.wait();
 }
 
-/// The baseline: an axum POST handler that reads the body and answers 200.
-fn serve_bare(addr: SocketAddr) {
+fn serve(addr: SocketAddr, app: axum::Router) {
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()
         .unwrap();
     runtime.block_on(async move {
-        let app = axum::Router::new().route(
-            "/webhooks/cariosan",
-            axum::routing::post(|body: Bytes| async move {
-                std::hint::black_box(body);
-                "ok"
-            }),
-        );
         let listener = tokio::net::TcpListener::bind(addr).await.unwrap();
         axum::serve(listener, app).await.unwrap();
     });
+}
+
+/// The baseline: an axum POST handler that reads the body and answers 200.
+fn bare() -> axum::Router {
+    axum::Router::new().route(
+        "/webhooks/cariosan",
+        axum::routing::post(|body: Bytes| async move {
+            std::hint::black_box(body);
+            "ok"
+        }),
+    )
+}
+
+/// What a hand-written receiver does: the HMAC key set up on every
+/// request, the MAC hex-encoded and compared as text, the timestamp checked,
+/// then the typed parse. No idempotency, no budget.
+fn naive() -> axum::Router {
+    use hmac::{Hmac, Mac};
+    axum::Router::new().route(
+        "/webhooks/cariosan",
+        axum::routing::post(|headers: http::HeaderMap, body: Bytes| async move {
+            let header = |name: &str| headers.get(name).and_then(|v| v.to_str().ok());
+            let (Some(id), Some(signature)) = (
+                header("x-cariosan-delivery"),
+                header("x-cariosan-signature"),
+            ) else {
+                return http::StatusCode::BAD_REQUEST;
+            };
+            let mut t = None;
+            let mut macs = Vec::new();
+            for element in signature.split(',') {
+                match element.split_once('=') {
+                    Some(("t", value)) => t = value.parse::<i64>().ok(),
+                    Some(("v1", value)) => macs.push(value),
+                    _ => {}
+                }
+            }
+            let now = SystemTime::now()
+                .duration_since(UNIX_EPOCH)
+                .unwrap()
+                .as_secs() as i64;
+            let Some(t) = t.filter(|t| (now - t).abs() <= 300) else {
+                return http::StatusCode::UNAUTHORIZED;
+            };
+            let mut mac = Hmac::<sha2::Sha256>::new_from_slice(SECRET.as_bytes()).unwrap();
+            mac.update(format!("{id}.{t}.").as_bytes());
+            mac.update(&body);
+            let expected = hex::encode(mac.finalize().into_bytes());
+            if !macs.contains(&expected.as_str()) {
+                return http::StatusCode::UNAUTHORIZED;
+            }
+            match cariosan_webhooks::model::Envelope::from_slice(&body) {
+                Ok(envelope) => {
+                    std::hint::black_box(envelope);
+                    http::StatusCode::OK
+                }
+                Err(_) => http::StatusCode::BAD_REQUEST,
+            }
+        }),
+    )
+}
+
+/// The crate's own cost: the layer (defaults: in-memory store, budget,
+/// lease) over a `message.created` handler that does nothing.
+fn layer() -> axum::Router {
+    let webhooks = cariosan_webhooks::Webhooks::new().on_message_created(|event| async move {
+        std::hint::black_box(&event.message.mentions);
+        Ok(())
+    });
+    axum::Router::new()
+        .route("/webhooks/cariosan", axum::routing::post_service(webhooks))
+        .layer(cariosan_webhooks::CariosanWebhookLayer::new(SECRET))
 }

@@ -12,6 +12,8 @@ use http_body_util::BodyExt;
 use sha2::Sha256;
 use tower::Layer;
 
+mod json;
+
 pub const SECRET: &str = "whsec_2CfBq8m1ZbLr0v5yHkQ7tE9uXw3aJs6N";
 pub const T: i64 = 1_795_000_000;
 /// The envelope id of the reply fixture, replaced to make new deliveries.
@@ -32,15 +34,20 @@ pub fn key() -> Hmac<Sha256> {
     Hmac::<Sha256>::new_from_slice(SECRET.as_bytes()).unwrap()
 }
 
-/// The `message.created` reply fixture, compact (1,142 bytes): what a sender
-/// emits.
+/// The `message.created` reply fixture, compact and in its own key order
+/// (1,142 bytes): what a sender emits.
 pub fn compact_reply() -> Vec<u8> {
     let reply = std::fs::read(concat!(
         env!("CARGO_MANIFEST_DIR"),
         "/tests/fixtures/events/message.created.reply.json"
     ))
     .unwrap();
-    serde_json::to_vec(&serde_json::from_slice::<serde_json::Value>(&reply).unwrap()).unwrap()
+    let compact = json::compact(&reply);
+    assert_eq!(
+        serde_json::from_slice::<serde_json::Value>(&compact).unwrap(),
+        serde_json::from_slice::<serde_json::Value>(&reply).unwrap()
+    );
+    compact
 }
 
 /// A new signed delivery of the compact reply under delivery id `id`.

@@ -2,8 +2,9 @@
 //! same MAC, timed in alternating batches in one process (medians of
 //! per-round ratios, as `benches/interleaved.rs` does).
 //!
-//! `cargo run --release --manifest-path benches/svix/Cargo.toml`
-//! (`-- --quick` for a short smoke run).
+//! `cargo run --release --manifest-path benches/svix/Cargo.toml`, and with
+//! `--features ring` for the crate's `ring` HMAC backend (`-- --quick` for a
+//! short smoke run).
 //!
 //! Both verifiers get the same key bytes and the same signed content
 //! (`id.timestamp.body`); each reads the signature in its own header format
@@ -55,14 +56,18 @@ fn pair(rounds: usize, batch: usize, mut a: impl FnMut(), mut b: impl FnMut()) -
     (median(ta), median(tb), median(ratios))
 }
 
-/// The `message.created` reply fixture, compact, as a sender emits it.
+#[path = "../../support/json.rs"]
+mod json;
+
+/// The `message.created` reply fixture, compact and in its own key order,
+/// as a sender emits it.
 fn compact_reply() -> Vec<u8> {
     let reply = std::fs::read(concat!(
         env!("CARGO_MANIFEST_DIR"),
         "/../../tests/fixtures/events/message.created.reply.json"
     ))
     .expect("run from the cariosan-webhooks repository");
-    serde_json::to_vec(&serde_json::from_slice::<serde_json::Value>(&reply).unwrap()).unwrap()
+    json::compact(&reply)
 }
 
 fn main() {
