@@ -110,8 +110,13 @@ fn main() {
     ours.verify(ID, &our_header, &body).unwrap();
     svix.verify(&body, &svix_headers).unwrap();
 
+    let backend = if cfg!(feature = "ring") {
+        "`ring`"
+    } else {
+        "`hmac` + `sha2` (default)"
+    };
     println!(
-        "## svix vs cariosan-webhooks, {} B `message.created`\n",
+        "## svix vs cariosan-webhooks with the {backend} HMAC, {} B `message.created`\n",
         body.len()
     );
     println!(
