@@ -166,3 +166,59 @@ async fn a_body_that_never_finishes_times_out() {
     assert!(started.elapsed() < Duration::from_secs(5));
     assert_eq!(calls.load(Ordering::SeqCst), 0);
 }
+
+/// An inner service whose first call panics, at once or after waiting
+/// `wait` (so that the run has left the request's task), and whose later
+/// calls succeed.
+fn panics_once(
+    wait: Option<Duration>,
+    calls: Arc<AtomicUsize>,
+) -> impl tower::Service<
+    http::Request<BytesBody>,
+    Response = http::Response<Full<Bytes>>,
+    Error = Infallible,
+    Future = impl Send,
+> + Clone {
+    tower::service_fn(move |_request: http::Request<BytesBody>| {
+        let calls = calls.clone();
+        async move {
+            if calls.fetch_add(1, Ordering::SeqCst) == 0 {
+                if let Some(wait) = wait {
+                    tokio::time::sleep(wait).await;
+                }
+                panic!("the inner service panicked");
+            }
+            Ok::<_, Infallible>(http::Response::new(Full::new(Bytes::from("done"))))
+        }
+    })
+}
+
+#[tokio::test]
+async fn a_panic_answers_500_and_frees_the_delivery_whether_or_not_the_run_waited() {
+    for wait in [None, Some(Duration::from_millis(30))] {
+        let calls = Arc::new(AtomicUsize::new(0));
+        let layer = CariosanWebhookLayer::new(SECRET).clock(FixedClock(T));
+        let shutdown = layer.shutdown_handle();
+        let service = layer.layer(panics_once(wait, calls.clone()));
+        let body = fixture("events/webhook.ping.json");
+        let signature = independent_signature(SECRET, ID, T, &body);
+        let send = || {
+            service
+                .clone()
+                .oneshot(request(&signature, Full::new(Bytes::from(body.clone()))))
+        };
+
+        let response = send().await.unwrap();
+        assert_eq!(
+            text(response).await,
+            (500, "handler_panicked".to_owned()),
+            "{wait:?}"
+        );
+        assert_eq!(shutdown.running(), 0, "{wait:?}: nothing left running");
+        let response = send().await.unwrap();
+        assert_eq!(text(response).await, (200, "done".to_owned()), "{wait:?}");
+        let response = send().await.unwrap();
+        assert_eq!(text(response).await, (200, "duplicate".to_owned()), "{wait:?}");
+        assert_eq!(calls.load(Ordering::SeqCst), 2, "{wait:?}");
+    }
+}
