@@ -4,7 +4,6 @@
 //! median time of each side. `cargo bench --bench interleaved`.
 
 use std::hint::black_box;
-use std::time::Instant;
 
 use cariosan_webhooks::model::Envelope;
 use cariosan_webhooks::verify::{sign, FixedClock, Secret, Verifier};
@@ -15,37 +14,9 @@ mod support;
 use support::{compact_reply, raw_hmac, SECRET, T};
 const ROUNDS: usize = 41;
 
-fn median(mut values: Vec<f64>) -> f64 {
-    values.sort_by(f64::total_cmp);
-    values[values.len() / 2]
-}
-
-/// Times `a` and `b` (each run `batch` times per round) in alternating
-/// order; returns (median ns of a, median ns of b, median a/b).
-fn pair(batch: usize, mut a: impl FnMut(), mut b: impl FnMut()) -> (f64, f64, f64) {
-    let time = |f: &mut dyn FnMut()| {
-        let started = Instant::now();
-        for _ in 0..batch {
-            f();
-        }
-        started.elapsed().as_nanos() as f64 / batch as f64
-    };
-    time(&mut a);
-    time(&mut b);
-    let (mut ta, mut tb, mut ratios) = (Vec::new(), Vec::new(), Vec::new());
-    for round in 0..ROUNDS {
-        let (x, y) = if round % 2 == 0 {
-            let x = time(&mut a);
-            (x, time(&mut b))
-        } else {
-            let y = time(&mut b);
-            (time(&mut a), y)
-        };
-        ta.push(x);
-        tb.push(y);
-        ratios.push(x / y);
-    }
-    (median(ta), median(tb), median(ratios))
+/// [`support::interleave::pair`] over this bench's rounds.
+fn pair(batch: usize, a: impl FnMut(), b: impl FnMut()) -> (f64, f64, f64) {
+    support::interleave::pair(ROUNDS, batch, a, b)
 }
 
 fn show(ns: f64) -> String {

@@ -218,7 +218,11 @@ async fn a_panic_answers_500_and_frees_the_delivery_whether_or_not_the_run_waite
         let response = send().await.unwrap();
         assert_eq!(text(response).await, (200, "done".to_owned()), "{wait:?}");
         let response = send().await.unwrap();
-        assert_eq!(text(response).await, (200, "duplicate".to_owned()), "{wait:?}");
+        assert_eq!(
+            text(response).await,
+            (200, "duplicate".to_owned()),
+            "{wait:?}"
+        );
         assert_eq!(calls.load(Ordering::SeqCst), 2, "{wait:?}");
     }
 }

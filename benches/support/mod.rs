@@ -12,6 +12,7 @@ use http_body_util::BodyExt;
 use sha2::Sha256;
 use tower::Layer;
 
+pub mod interleave;
 mod json;
 
 pub const SECRET: &str = "whsec_2CfBq8m1ZbLr0v5yHkQ7tE9uXw3aJs6N";

@@ -13,7 +13,7 @@
 //! pair differs only in the verifier.
 
 use std::hint::black_box;
-use std::time::{Instant, SystemTime, UNIX_EPOCH};
+use std::time::{SystemTime, UNIX_EPOCH};
 
 use cariosan_webhooks::model::Envelope;
 use cariosan_webhooks::verify::{sign, Secret, Verifier};
@@ -23,37 +23,19 @@ use sha2::Sha256;
 const KEY: &[u8] = b"whsec_2CfBq8m1ZbLr0v5yHkQ7tE9uXw3aJs6N";
 const ID: &str = "evt_01JDB7R0AAAAAAAAAAAAAAAAAA";
 
-fn median(mut values: Vec<f64>) -> f64 {
-    values.sort_by(f64::total_cmp);
-    values[values.len() / 2]
-}
+#[path = "../../support/interleave.rs"]
+mod interleave;
 
-/// Times `a` and `b` (`batch` calls each per round) in alternating order;
-/// returns (median ns of a, median ns of b, median a/b).
-fn pair(rounds: usize, batch: usize, mut a: impl FnMut(), mut b: impl FnMut()) -> (f64, f64, f64) {
-    let time = |f: &mut dyn FnMut()| {
-        let started = Instant::now();
-        for _ in 0..batch {
-            f();
-        }
-        started.elapsed().as_nanos() as f64 / batch as f64
-    };
-    time(&mut a);
-    time(&mut b);
-    let (mut ta, mut tb, mut ratios) = (Vec::new(), Vec::new(), Vec::new());
-    for round in 0..rounds {
-        let (x, y) = if round % 2 == 0 {
-            let x = time(&mut a);
-            (x, time(&mut b))
-        } else {
-            let y = time(&mut b);
-            (time(&mut a), y)
-        };
-        ta.push(x);
-        tb.push(y);
-        ratios.push(x / y);
-    }
-    (median(ta), median(tb), median(ratios))
+/// Times ours against svix's and prints a row: both times and the throughput
+/// ratio.
+fn row(name: &str, rounds: usize, batch: usize, ours: impl FnMut(), svix: impl FnMut()) {
+    let (a, b, ratio) = interleave::pair(rounds, batch, ours, svix);
+    println!(
+        "| {name} | {:.2} µs | {:.2} µs | {:.2}× |",
+        a / 1e3,
+        b / 1e3,
+        1.0 / ratio
+    );
 }
 
 #[path = "../../support/json.rs"]
@@ -123,66 +105,53 @@ fn main() {
         "| operation | cariosan-webhooks | svix | svix time / ours (= our throughput ÷ svix's) |"
     );
     println!("|---|---|---|---|");
-    let (a, b, ratio) = pair(
-        rounds,
-        batch,
-        || {
-            black_box(
-                ours.verify(black_box(ID), black_box(&our_header), black_box(&body))
-                    .unwrap(),
-            );
-        },
-        || {
-            svix.verify(black_box(&body), black_box(&svix_headers))
-                .unwrap()
-        },
-    );
-    println!(
-        "| verify | {:.2} µs | {:.2} µs | {:.2}× |",
-        a / 1e3,
-        b / 1e3,
-        1.0 / ratio
-    );
-    let (a, b, ratio) = pair(
-        rounds,
-        batch,
-        || {
+    let our_verify = || {
+        black_box(
             ours.verify(black_box(ID), black_box(&our_header), black_box(&body))
-                .unwrap();
-            black_box(Envelope::from_slice(black_box(&body)).unwrap());
-        },
-        || {
-            svix.verify(black_box(&body), black_box(&svix_headers))
-                .unwrap();
-            black_box(Envelope::from_slice(black_box(&body)).unwrap());
-        },
-    );
-    println!(
-        "| verify + typed parse | {:.2} µs | {:.2} µs | {:.2}× |",
-        a / 1e3,
-        b / 1e3,
-        1.0 / ratio
-    );
-    let (a, b, ratio) = pair(
+                .unwrap(),
+        );
+    };
+    let svix_verify = || {
+        svix.verify(black_box(&body), black_box(&svix_headers))
+            .unwrap()
+    };
+    let typed = || {
+        black_box(Envelope::from_slice(black_box(&body)).unwrap());
+    };
+    let value = || {
+        black_box(serde_json::from_slice::<serde_json::Value>(black_box(&body)).unwrap());
+    };
+    let our_verify_parse = || {
+        our_verify();
+        typed();
+    };
+    row("verify", rounds, batch, our_verify, svix_verify);
+    row(
+        "verify + typed parse",
         rounds,
         batch,
+        our_verify_parse,
         || {
-            ours.verify(black_box(ID), black_box(&our_header), black_box(&body))
-                .unwrap();
-            black_box(Envelope::from_slice(black_box(&body)).unwrap());
-        },
-        || {
-            svix.verify(black_box(&body), black_box(&svix_headers))
-                .unwrap();
-            black_box(serde_json::from_slice::<serde_json::Value>(black_box(&body)).unwrap());
+            svix_verify();
+            typed();
         },
     );
-    println!("| ours: verify + typed parse; svix: verify + parse into `Value` | {:.2} µs | {:.2} µs | {:.2}× |", a / 1e3, b / 1e3, 1.0 / ratio);
+    row(
+        "ours: verify + typed parse; svix: verify + parse into `Value`",
+        rounds,
+        batch,
+        our_verify_parse,
+        || {
+            svix_verify();
+            value();
+        },
+    );
 
     // Why: the HMAC implementations alone, over the same content.
     let content = [ID.as_bytes(), b".", now.to_string().as_bytes(), b".", &body].concat();
     let prepared = Hmac::<Sha256>::new_from_slice(KEY).unwrap();
-    let (a, b, ratio) = pair(
+    row(
+        "raw HMAC-SHA256 (ours: `hmac` + `sha2`, key prepared once; svix: `hmac-sha256`)",
         rounds,
         batch,
         || {
@@ -194,5 +163,4 @@ fn main() {
             black_box(hmac_sha256::HMAC::mac(black_box(&content), KEY));
         },
     );
-    println!("| raw HMAC-SHA256 (ours: `hmac` + `sha2`, key prepared once; svix: `hmac-sha256`) | {:.2} µs | {:.2} µs | {:.2}× |", a / 1e3, b / 1e3, 1.0 / ratio);
 }
