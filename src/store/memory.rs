@@ -1,5 +1,5 @@
 use std::collections::{HashMap, VecDeque};
-use std::sync::Mutex;
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use super::{BoxFuture, Claim, ClaimToken, IdempotencyStore, StoreError};
@@ -23,9 +23,9 @@ pub struct MemoryStore {
 
 #[derive(Debug, Default)]
 struct State {
-    entries: HashMap<Box<str>, Entry>,
+    entries: HashMap<Arc<str>, Entry>,
     /// Completed ids in completion order, for expiry and eviction.
-    completed: VecDeque<(Instant, Box<str>)>,
+    completed: VecDeque<(Instant, Arc<str>)>,
 }
 
 #[derive(Debug)]
@@ -67,8 +67,15 @@ impl MemoryStore {
     /// An estimate of the bytes the entries use: ids plus bookkeeping.
     pub fn approximate_bytes(&self) -> usize {
         let state = self.lock();
-        let ids: usize = state.entries.keys().map(|id| id.len() * 2).sum();
-        ids + state.entries.capacity() * 72 + state.completed.capacity() * 24
+        // An id is stored once, shared by the map and the expiry queue,
+        // behind an `Arc`'s two counters.
+        let ids: usize = state
+            .entries
+            .keys()
+            .map(|id| id.len() + 2 * size_of::<usize>())
+            .sum();
+        ids + state.entries.capacity() * (size_of::<(Arc<str>, Entry)>() + 1)
+            + state.completed.capacity() * size_of::<(Instant, Arc<str>)>()
     }
 
     fn lock(&self) -> std::sync::MutexGuard<'_, State> {
@@ -178,8 +185,12 @@ impl IdempotencyStore for MemoryStore {
     ) -> BoxFuture<'a, Result<(), StoreError>> {
         let mut state = self.lock();
         let until = Instant::now() + retention;
-        state.entries.insert(id.into(), Entry::Completed { until });
-        state.completed.push_back((until, id.into()));
+        let id = match state.entries.get_key_value(id) {
+            Some((claimed, _)) => claimed.clone(),
+            None => Arc::from(id),
+        };
+        state.entries.insert(id.clone(), Entry::Completed { until });
+        state.completed.push_back((until, id));
         Box::pin(std::future::ready(Ok(())))
     }
 

@@ -84,7 +84,7 @@ pub trait IdempotencyStore: Send + Sync + 'static {
 
 /// Proof of one claim: only its holder may renew or release it.
 #[derive(Clone, PartialEq, Eq, Hash)]
-pub struct ClaimToken(String);
+pub struct ClaimToken([u8; 32]);
 
 impl ClaimToken {
     /// A fresh token, unique across processes: a random per-process
@@ -108,12 +108,17 @@ impl ClaimToken {
             u64::from_le_bytes(bytes)
         });
         let count = COUNTER.fetch_add(1, Ordering::Relaxed);
-        Self(format!("{prefix:016x}{count:016x}"))
+        let mut raw = [0u8; 16];
+        raw[..8].copy_from_slice(&prefix.to_be_bytes());
+        raw[8..].copy_from_slice(&count.to_be_bytes());
+        let mut text = [0u8; 32];
+        hex::encode_to_slice(raw, &mut text).expect("32 hex digits for 16 bytes");
+        Self(text)
     }
 
-    /// The token as text.
+    /// The token as text: 32 lowercase hexadecimal digits.
     pub fn as_str(&self) -> &str {
-        &self.0
+        std::str::from_utf8(&self.0).expect("hex digits are ASCII")
     }
 }
 
