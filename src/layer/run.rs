@@ -13,7 +13,7 @@ use std::task::Poll;
 use std::time::Duration;
 
 use futures_util::FutureExt;
-use http::Response;
+use http::{HeaderValue, Response};
 use tokio::sync::OwnedSemaphorePermit;
 use tokio::task::AbortHandle;
 use tracing::Instrument;
@@ -64,7 +64,7 @@ impl Deliveries {
     /// already started, into a task of its own.
     pub(crate) async fn run<F, B, E>(
         &self,
-        id: String,
+        id: HeaderValue,
         token: ClaimToken,
         permit: OwnedSemaphorePermit,
         future: F,
@@ -74,13 +74,13 @@ impl Deliveries {
         B: Send + 'static,
         E: Send + 'static,
     {
-        let claim = Arc::new(Running { id, token });
+        let claim = Running { id, token };
         let this = self.clone();
         let run_claim = claim.clone();
         let mut run = Box::pin(
             async move {
                 let _permit = permit;
-                let (id, token) = (&run_claim.id, &run_claim.token);
+                let (id, token) = (run_claim.id(), &run_claim.token);
                 let result = this.run_renewing(id, token, future).await;
                 let handled = matches!(&result, Ok(Ok(response)) if response.status().is_success());
                 this.settle(id, token, handled).await;
@@ -160,14 +160,23 @@ pub(crate) struct Tracker {
     running: Mutex<HashMap<u64, Tracked>>,
 }
 
-/// The claim a run holds.
+/// The claim a run holds. Cloning it allocates nothing: the id shares the
+/// request header's bytes and the token is inline.
+#[derive(Clone)]
 struct Running {
-    id: String,
+    id: HeaderValue,
     token: ClaimToken,
 }
 
+impl Running {
+    fn id(&self) -> &str {
+        // Checked to be visible ASCII before the body was read.
+        self.id.to_str().unwrap_or_default()
+    }
+}
+
 struct Tracked {
-    claim: Arc<Running>,
+    claim: Running,
     abort: Option<AbortHandle>,
 }
 
@@ -187,7 +196,7 @@ impl Tracker {
             .unwrap_or_else(|poisoned| poisoned.into_inner())
     }
 
-    fn register(&self, claim: Arc<Running>) -> u64 {
+    fn register(&self, claim: Running) -> u64 {
         let key = self.next.fetch_add(1, Ordering::Relaxed);
         self.lock().insert(key, Tracked { claim, abort: None });
         key
@@ -263,10 +272,10 @@ impl ShutdownHandle {
             if let Err(error) = self
                 .deliveries
                 .store
-                .release(&running.claim.id, &running.claim.token)
+                .release(running.claim.id(), &running.claim.token)
                 .await
             {
-                tracing::warn!(%error, delivery_id = %running.claim.id, "could not release an abandoned claim; its lease will");
+                tracing::warn!(%error, delivery_id = running.claim.id(), "could not release an abandoned claim; its lease will");
             }
         }
         if !abandoned.is_empty() {

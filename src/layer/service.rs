@@ -167,7 +167,7 @@ where
     parts.extensions.insert(delivery);
     let call = inner.call(Request::from_parts(parts, BytesBody::from(bytes)));
     let outcome = deliveries
-        .run(headers.id().to_owned(), token, permit, call)
+        .run(headers.id.clone(), token, permit, call)
         .await;
     let response = match outcome {
         Some(RunOutcome::Finished(result)) => result?,
