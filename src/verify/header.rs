@@ -16,13 +16,16 @@ pub const MAX_HEADER_LEN: usize = 4096;
 
 /// A parsed `X-Cariosan-Signature` header: one timestamp and the decoded `v1`
 /// MACs. Unknown schemes are skipped.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Clone)]
 pub struct SignatureHeader<'a> {
     /// The `t` value exactly as sent, as it enters the signed content.
     pub(crate) timestamp_text: &'a [u8],
     /// The `t` value as a number.
     pub(crate) timestamp: i64,
-    pub(crate) macs: Vec<[u8; MAC_LEN]>,
+    /// The first `count` are the decoded `v1` MACs; kept inline, so a parse
+    /// allocates nothing.
+    macs: [[u8; MAC_LEN]; MAX_SIGNATURES],
+    count: usize,
 }
 
 impl<'a> SignatureHeader<'a> {
@@ -32,7 +35,8 @@ impl<'a> SignatureHeader<'a> {
             return Err(MalformedSignature::TooLong);
         }
         let mut timestamp: Option<(&[u8], i64)> = None;
-        let mut macs = Vec::new();
+        let mut macs = [[0u8; MAC_LEN]; MAX_SIGNATURES];
+        let mut count = 0;
         let mut saw_v1 = false;
         for element in value.split(|&b| b == b',') {
             let element = trim(element);
@@ -50,14 +54,15 @@ impl<'a> SignatureHeader<'a> {
                 }
                 b"v1" => {
                     saw_v1 = true;
-                    if macs.len() == MAX_SIGNATURES {
+                    if count == MAX_SIGNATURES {
                         return Err(MalformedSignature::TooManySignatures);
                     }
                     // A malformed v1 beside a well-formed one is skipped: the
                     // grammar only demands at least one well-formed v1.
-                    let mut mac = [0u8; MAC_LEN];
-                    if val.len() == 2 * MAC_LEN && hex::decode_to_slice(val, &mut mac).is_ok() {
-                        macs.push(mac);
+                    if val.len() == 2 * MAC_LEN
+                        && hex::decode_to_slice(val, &mut macs[count]).is_ok()
+                    {
+                        count += 1;
                     }
                 }
                 b"" => return Err(MalformedSignature::BadElement),
@@ -67,7 +72,7 @@ impl<'a> SignatureHeader<'a> {
         let Some((timestamp_text, timestamp)) = timestamp else {
             return Err(MalformedSignature::MissingTimestamp);
         };
-        if macs.is_empty() {
+        if count == 0 {
             return Err(if saw_v1 {
                 MalformedSignature::BadSignature
             } else {
@@ -78,6 +83,7 @@ impl<'a> SignatureHeader<'a> {
             timestamp_text,
             timestamp,
             macs,
+            count,
         })
     }
 
@@ -88,9 +94,31 @@ impl<'a> SignatureHeader<'a> {
 
     /// How many well-formed `v1` signatures the header carries.
     pub fn signature_count(&self) -> usize {
-        self.macs.len()
+        self.count
+    }
+
+    /// The decoded `v1` MACs.
+    pub(crate) fn macs(&self) -> &[[u8; MAC_LEN]] {
+        &self.macs[..self.count]
     }
 }
+
+impl std::fmt::Debug for SignatureHeader<'_> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("SignatureHeader")
+            .field("timestamp", &self.timestamp)
+            .field("signature_count", &self.count)
+            .finish_non_exhaustive()
+    }
+}
+
+impl PartialEq for SignatureHeader<'_> {
+    fn eq(&self, other: &Self) -> bool {
+        self.timestamp_text == other.timestamp_text && self.macs() == other.macs()
+    }
+}
+
+impl Eq for SignatureHeader<'_> {}
 
 fn trim(mut s: &[u8]) -> &[u8] {
     while let [b' ' | b'\t', rest @ ..] = s {
@@ -131,7 +159,7 @@ mod tests {
         assert_eq!(parsed.timestamp(), 17);
         assert_eq!(parsed.timestamp_text, b"17");
         assert_eq!(parsed.signature_count(), 2);
-        assert_eq!(parsed.macs[0], parsed.macs[1]);
+        assert_eq!(parsed.macs()[0], parsed.macs()[1]);
     }
 
     #[test]

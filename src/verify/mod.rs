@@ -282,7 +282,7 @@ impl Verifier {
             let expected = secret.mac(delivery_id.as_bytes(), header.timestamp_text, body);
             // Every candidate is compared in full; only the final verdict
             // branches.
-            let matched = header.macs.iter().fold(Choice::from(0), |acc, mac| {
+            let matched = header.macs().iter().fold(Choice::from(0), |acc, mac| {
                 acc | mac[..].ct_eq(&expected[..])
             });
             if bool::from(matched) {
