@@ -138,13 +138,20 @@ fn main() {
 /// `name`, so that several builds can be loaded in one run.
 fn build_receiver(features: &[&str], name: &str) -> String {
     let status = Command::new(env!("CARGO"))
-        .args(["build", "--release", "--example", "receiver"])
+        .args([
+            "build",
+            "--release",
+            "-p",
+            "cariosan-webhooks",
+            "--example",
+            "receiver",
+        ])
         .args(features)
         .current_dir(env!("CARGO_MANIFEST_DIR"))
         .status()
         .unwrap();
     assert!(status.success());
-    let dir = concat!(env!("CARGO_MANIFEST_DIR"), "/target/release/examples");
+    let dir = concat!(env!("CARGO_MANIFEST_DIR"), "/../target/release/examples");
     let kept = format!("{dir}/{name}");
     std::fs::copy(format!("{dir}/receiver"), &kept).unwrap();
     kept

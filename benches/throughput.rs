@@ -23,7 +23,10 @@ mod support;
 use support::{raw_hmac, SECRET, T};
 
 fn fixtures() -> Vec<(String, Vec<u8>)> {
-    let dir = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/fixtures/events");
+    let dir = concat!(
+        env!("CARGO_MANIFEST_DIR"),
+        "/../src/test_util/fixtures/events"
+    );
     let mut out: Vec<(String, Vec<u8>)> = std::fs::read_dir(dir)
         .unwrap()
         .map(|e| e.unwrap().path())

@@ -1,7 +1,8 @@
-//! Handlers that reach application state: a database-like store shared by
-//! capturing a clone of an `Arc` in each handler, the way an axum user
-//! shares a pool. Runs a few signed deliveries through the router with
-//! `oneshot` (no network), prints the store, and exits.
+//! Handlers that reach application state: a database-like store given to
+//! the dispatcher with `Webhooks::with_state` and taken as a `State`
+//! argument, the way axum shares a pool, and the same store captured in a
+//! closure, which works too. Runs a few signed deliveries through the
+//! router with `oneshot` (no network), prints the store, and exits.
 //!
 //! ```text
 //! cargo run --example app_state
@@ -13,7 +14,9 @@ use std::sync::{Arc, Mutex};
 use axum::body::Body;
 use axum::routing::post_service;
 use axum::Router;
-use cariosan_webhooks::model::{MessageEvent, MessageId};
+use cariosan_webhooks::dispatch::State;
+use cariosan_webhooks::model::{Event, EventType, MessageId};
+use cariosan_webhooks::protocol::{DELIVERY_HEADER, EVENT_HEADER, SIGNATURE_HEADER};
 use cariosan_webhooks::verify::{sign, Secret};
 use cariosan_webhooks::{CariosanWebhookLayer, Delivery, HandlerError, HandlerResult, Webhooks};
 use tower::ServiceExt;
@@ -34,28 +37,35 @@ impl Store {
     }
 }
 
+/// One handler for new and edited messages, with the store as its state.
+async fn save(event: Delivery<Event>, State(store): State<Store>) -> HandlerResult {
+    let message = match event.data() {
+        Event::MessageCreated(created) => &created.message,
+        Event::MessageUpdated(updated) => &updated.message,
+        _ => return Ok(()),
+    };
+    store
+        .upsert(message.id.clone(), message.content.clone())
+        .await
+}
+
 fn app(store: Store, secret: &str) -> Router {
-    // One async fn serves both created and edited messages; each closure
-    // hands it a clone of the store.
-    async fn save(store: Store, event: Delivery<MessageEvent>) -> HandlerResult {
-        let message = event.into_inner().message;
-        store.upsert(message.id, message.content).await
-    }
-    let (on_created, on_updated, on_deleted) = (store.clone(), store.clone(), store);
-    let webhooks = Webhooks::new()
-        .on_message_created(move |event| save(on_created.clone(), event))
-        .on_message_updated(move |event| save(on_updated.clone(), event))
+    let unsent = store.clone();
+    let webhooks = Webhooks::with_state(store)
+        .on([EventType::MessageCreated, EventType::MessageUpdated], save)
+        // The capture style: a closure holding its own clone.
         .on_message_deleted(move |event| {
-            let store = on_deleted.clone();
+            let store = unsent.clone();
             async move {
                 store
-                    .upsert(event.data.message.id, "(unsent)".to_owned())
+                    .upsert(event.message.id.clone(), "(unsent)".to_owned())
                     .await
             }
         });
-    Router::new()
-        .route("/webhooks/cariosan", post_service(webhooks))
-        .layer(CariosanWebhookLayer::new(secret))
+    Router::new().route(
+        "/webhooks/cariosan",
+        post_service(webhooks).layer(CariosanWebhookLayer::new(secret)),
+    )
 }
 
 #[tokio::main]
@@ -72,25 +82,25 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
         (
             "message.created",
             "evt_01JDB7Q3KX2W9V0M4T8R6N5P1A",
-            include_bytes!("../tests/fixtures/events/message.created.json"),
+            include_bytes!("../src/test_util/fixtures/events/message.created.json"),
         ),
         (
             "message.created",
             "evt_01JDB7R0AAAAAAAAAAAAAAAAAA",
-            include_bytes!("../tests/fixtures/events/message.created.reply.json"),
+            include_bytes!("../src/test_util/fixtures/events/message.created.reply.json"),
         ),
         (
             "message.updated",
             "evt_01JDB7T3UPDATEUPDATEUPD01",
-            include_bytes!("../tests/fixtures/events/message.updated.json"),
+            include_bytes!("../src/test_util/fixtures/events/message.updated.json"),
         ),
     ];
     for (event_type, id, body) in deliveries {
         let request = http::Request::post("/webhooks/cariosan")
-            .header("x-cariosan-delivery", id)
-            .header("x-cariosan-event", event_type)
+            .header(DELIVERY_HEADER, id)
+            .header(EVENT_HEADER, event_type)
             .header(
-                "x-cariosan-signature",
+                SIGNATURE_HEADER,
                 sign(std::slice::from_ref(&secret), id, now, body),
             )
             .body(Body::from(body))?;

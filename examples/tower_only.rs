@@ -55,7 +55,7 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
         }
     });
 
-    let body: &[u8] = include_bytes!("../tests/fixtures/events/webhook.ping.json");
+    let body: &[u8] = include_bytes!("../src/test_util/fixtures/events/webhook.ping.json");
     let id = "evt_01JDB844PINGPINGPINGPIN01";
     let now = std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)?

@@ -4,5 +4,5 @@ set -euo pipefail
 cd "$(dirname "$0")"
 for target in signature envelope layer; do
     mkdir -p "corpus/$target"
-    cp ../tests/fixtures/events/*.json "corpus/$target/"
+    cp ../src/test_util/fixtures/events/*.json "corpus/$target/"
 done

@@ -67,6 +67,7 @@ fn webhooks(counts: &Arc<Counts>) -> Webhooks {
                 .lock()
                 .unwrap()
                 .push(given_up.id.to_string());
+            async { Ok(()) }
         })
 }
 

@@ -13,7 +13,7 @@ use time::macros::datetime;
 
 fn fixture(path: &str) -> Vec<u8> {
     let path = PathBuf::from(env!("CARGO_MANIFEST_DIR"))
-        .join("tests/fixtures")
+        .join("src/test_util/fixtures")
         .join(path);
     std::fs::read(&path).unwrap_or_else(|e| panic!("read {}: {e}", path.display()))
 }

@@ -463,7 +463,7 @@ async fn the_extractor_yields_the_verified_event() {
             "/webhooks/cariosan",
             post(|VerifiedEvent(envelope): VerifiedEvent| async move {
                 match envelope.event {
-                    Event::MessageCreated(created) => created.message.content,
+                    Event::MessageCreated(created) => created.message.content.clone(),
                     _ => "other".to_owned(),
                 }
             }),

@@ -19,7 +19,7 @@ fn message(message_extra: &str) -> cariosan_webhooks::model::Message {
         .unwrap()
         .event
     {
-        Event::MessageCreated(created) => created.message,
+        Event::MessageCreated(created) => created.message.clone(),
         other => panic!("wrong variant {other:?}"),
     }
 }

@@ -54,7 +54,13 @@ async fn an_edited_sample_drives_the_failure_path() {
     let cariosan_webhooks::model::Event::MessageCreated(created) = &mut envelope.event else {
         unreachable!()
     };
-    created.message.sender.as_mut().unwrap().external_id = "user_blocked".into();
+    // Payloads are shared: make_mut gives this test its own copy to edit.
+    std::sync::Arc::make_mut(created)
+        .message
+        .sender
+        .as_mut()
+        .unwrap()
+        .external_id = "user_blocked".into();
     let request = TestDelivery::event(envelope)
         .secret(SECRET)
         .into_request("/webhooks/cariosan");
@@ -112,7 +118,7 @@ async fn verification_as_of_a_fixed_time() {
 async fn a_rotation_and_raw_fixture_bytes() {
     // During a rotation Cariosan signs with both secrets; your receiver may
     // hold only the new one.
-    let fixture = include_str!("fixtures/events/channel.created.json");
+    let fixture = include_str!("../src/test_util/fixtures/events/channel.created.json");
     let request = TestDelivery::json(fixture)
         .secrets(["whsec_new", "whsec_old"])
         .into_request("/webhooks/cariosan");

@@ -40,7 +40,7 @@ pub fn key() -> Hmac<Sha256> {
 pub fn compact_reply() -> Vec<u8> {
     let reply = std::fs::read(concat!(
         env!("CARGO_MANIFEST_DIR"),
-        "/tests/fixtures/events/message.created.reply.json"
+        "/../src/test_util/fixtures/events/message.created.reply.json"
     ))
     .unwrap();
     let compact = json::compact(&reply);

@@ -247,7 +247,7 @@ pub fn samples() -> Vec<(&'static str, &'static str, &'static [u8])> {
             (
                 $type,
                 $id,
-                &include_bytes!(concat!("../../tests/fixtures/events/", $file))[..],
+                &include_bytes!(concat!("../../src/test_util/fixtures/events/", $file))[..],
             )
         };
     }

@@ -91,7 +91,7 @@ fuzz_target!(|input: Input| {
                 verifier = verifier.with_secret(Secret::new(format!("whsec_extra_{i}")).unwrap());
             }
             let verdict = verifier.verify_at(input.now, &input.id, &header, &input.body);
-            let id_ok = cariosan_webhooks::verify::is_valid_delivery_id(&input.id);
+            let id_ok = cariosan_webhooks::protocol::is_valid_delivery_id(&input.id);
             let fresh = (i128::from(input.now) - t as i128).abs() <= 300;
             let decoy_hits = decoys.iter().take(4).any(|d| {
                 *d == true_mac(&input.secret, &input.id, &t_text, &input.body)

@@ -1,14 +1,22 @@
 use std::ops::Deref;
+use std::sync::Arc;
 
 use time::OffsetDateTime;
 
-use crate::model::{Envelope, Event, EventId, WorkspaceId};
+use crate::model::{Envelope, Event, EventId, MalformedEvent, Payload, WorkspaceId};
+use crate::verify::VerifiedDelivery;
 
 /// What a handler receives: the event's payload and the delivery around it.
 ///
 /// It dereferences to the payload, so `event.message` reads the message of a
 /// [`MessageCreated`](crate::model::MessageCreated) directly; the id, the
 /// event time and the attempt are there for de-duplication and ordering.
+/// The payload is shared: every handler of one delivery sees the same
+/// parse, and cloning a `Delivery` copies no event data.
+///
+/// Build one in a unit test with
+/// [`test_util::delivery`](crate::test_util::delivery) (feature
+/// `test-util`).
 #[derive(Debug, Clone, PartialEq, Eq)]
 #[non_exhaustive]
 pub struct Delivery<T> {
@@ -21,30 +29,69 @@ pub struct Delivery<T> {
     pub workspace_id: WorkspaceId,
     /// `X-Cariosan-Attempt`, 1 on the first try; informational and unsigned.
     pub attempt: Option<u32>,
-    /// The payload.
-    pub data: T,
+    /// When the sender signed this attempt (the signature's `t`), in Unix
+    /// seconds.
+    pub signed_at: i64,
+    data: Arc<T>,
 }
 
 impl<T> Delivery<T> {
-    pub(crate) fn new(
-        id: EventId,
-        created_at: OffsetDateTime,
-        workspace_id: WorkspaceId,
-        attempt: Option<u32>,
-        data: T,
-    ) -> Self {
-        Self {
-            id,
-            created_at,
-            workspace_id,
-            attempt,
-            data,
-        }
+    /// The payload.
+    pub fn data(&self) -> &T {
+        &self.data
     }
 
-    /// The payload, without the delivery around it.
-    pub fn into_inner(self) -> T {
-        self.data
+    /// The payload, shared.
+    pub fn shared(&self) -> &Arc<T> {
+        &self.data
+    }
+
+    /// The payload, without the delivery around it: moved out when this is
+    /// its last holder, cloned otherwise.
+    pub fn into_inner(self) -> T
+    where
+        T: Clone,
+    {
+        Arc::try_unwrap(self.data).unwrap_or_else(|shared| (*shared).clone())
+    }
+}
+
+impl<T: Payload> Delivery<T> {
+    /// The delivery of `envelope`'s payload, if its event carries a `T`.
+    pub(crate) fn of(
+        envelope: &Envelope,
+        attempt: Option<u32>,
+        signed_at: i64,
+    ) -> Option<Delivery<T>> {
+        Some(Self {
+            id: envelope.id.clone(),
+            created_at: envelope.created_at,
+            workspace_id: envelope.workspace_id.clone(),
+            attempt,
+            signed_at,
+            data: T::from_event(&envelope.event)?,
+        })
+    }
+
+    pub(crate) fn from_verified(delivery: &VerifiedDelivery, envelope: &Envelope) -> Option<Self> {
+        Self::of(envelope, delivery.attempt(), delivery.signed_at())
+    }
+}
+
+impl Delivery<MalformedEvent> {
+    pub(crate) fn malformed(
+        malformed: &Arc<MalformedEvent>,
+        attempt: Option<u32>,
+        signed_at: i64,
+    ) -> Self {
+        Self {
+            id: malformed.id().clone(),
+            created_at: malformed.created_at(),
+            workspace_id: malformed.workspace_id().clone(),
+            attempt,
+            signed_at,
+            data: malformed.clone(),
+        }
     }
 }
 
@@ -55,7 +102,7 @@ impl Delivery<Event> {
             id: self.id,
             created_at: self.created_at,
             workspace_id: self.workspace_id,
-            event: self.data,
+            event: Arc::try_unwrap(self.data).unwrap_or_else(|shared| (*shared).clone()),
         }
     }
 }

@@ -1,137 +1,318 @@
-//! Routing verified events to async handlers.
+//! Routing verified deliveries to async handlers.
 //!
-//! [`Webhooks`] is a registry of handlers and a `tower::Service`: mount it
-//! behind [`CariosanWebhookLayer`](crate::CariosanWebhookLayer) (with axum,
-//! `post_service(webhooks)`), and each verified delivery runs the handlers
-//! registered for its event type.
+//! [`Webhooks`] is a registry of handlers by event type. Mount it as a
+//! `tower::Service` behind [`CariosanWebhookLayer`](crate::CariosanWebhookLayer)
+//! (with axum, `post_service(webhooks)`), or call
+//! [`handle`](Webhooks::handle) with a [`VerifiedDelivery`] from anywhere: a
+//! queue, a replay, a unit test, another framework.
 //!
 //! - Every handler receives a [`Delivery`]: the delivery id, event time,
 //!   workspace and attempt, around a payload it dereferences to.
-//!   `on_<event>` handlers get the typed payload (e.g. [`MessageCreated`]);
+//!   `on_<event>` handlers get that event's payload (e.g. [`MessageCreated`]);
 //!   [`on_any`](Webhooks::on_any) gets the [`Event`] of every known type;
 //!   [`on_unknown`](Webhooks::on_unknown) gets the [`UnknownEvent`] of types
-//!   this version does not know; and [`on_malformed`](Webhooks::on_malformed)
+//!   this version does not know; [`on_malformed`](Webhooks::on_malformed)
 //!   gets the [`MalformedEvent`] whose data does not fit the model.
+//! - [`on`](Webhooks::on) is the core the others are sugar for: one handler
+//!   for a set of event types, taking the [`Delivery`] and up to three more
+//!   arguments such as [`State`] (see [`Webhooks::with_state`]) or a
+//!   [`Resource`] the delivery backend provides. The `on_*` methods take
+//!   handlers of the `Delivery` alone, so that a closure's argument type is
+//!   inferred.
 //! - Several handlers may match one delivery: they run one after another, in
 //!   the order they were registered, each to completion before the next
-//!   starts. The first that fails stops the run and the delivery is answered
-//!   `500`, so Cariosan retries it and the whole run happens again; handlers
-//!   should therefore be idempotent, as at-least-once delivery requires
-//!   anyway.
-//! - A handler error answers `500 handler_failed`, a panic `500
-//!   handler_panicked` (the server keeps serving);
-//!   [`HandlerError::retry_later`] answers `503 retry_later` with
-//!   `Retry-After`, and [`HandlerError::give_up`] acknowledges `200
-//!   given_up` and calls the [`on_give_up`](Webhooks::on_give_up) hook. A delivery that no handler
-//!   matches is acknowledged `200 ignored`; one that ran handlers is `200
-//!   handled`. A malformed delivery with no `on_malformed` handler is `500
-//!   event_malformed`: it is never acknowledged unseen, and the sender keeps
-//!   it for two days of retries while the receiver is fixed.
-//! - A request that did not pass the layer is answered `500 not_verified`
-//!   and logged as an error: no handler ever sees an unverified event.
+//!   starts, all sharing one parse. The first that fails stops the run and
+//!   the delivery is answered `500`, so Cariosan retries it and the whole
+//!   run happens again; handlers should therefore be idempotent, as
+//!   at-least-once delivery requires anyway.
+//! - The [`Outcome`] decides the answer: `200 handled`, `200 ignored` (no
+//!   handler matched), `200 given_up` ([`HandlerError::give_up`], reported
+//!   to the async [`on_give_up`](Webhooks::on_give_up) hook), `500
+//!   handler_failed`, `500 handler_panicked` (the server keeps serving),
+//!   `500 event_malformed` (never acknowledged unseen: the sender keeps it
+//!   while the receiver is fixed), `503 retry_later`
+//!   ([`HandlerError::retry_later`], with `Retry-After`).
+//! - Over HTTP, a request that did not pass verification is answered `500
+//!   not_verified` and logged as an error: no handler ever sees an
+//!   unverified event.
 //!
-//! Handlers reach application state by capturing it: clone an `Arc` (or a
-//! pool, which is an `Arc` inside) into the closure, as the `app_state`
-//! example shows.
+//! Handlers must not block their thread; put blocking work in
+//! `tokio::task::spawn_blocking`.
 
 mod delivery;
+mod error;
+mod extract;
 mod handler;
+mod outcome;
 
+use std::any::type_name;
+use std::collections::HashMap;
 use std::convert::Infallible;
 use std::future::Future;
 use std::panic::AssertUnwindSafe;
 use std::sync::Arc;
 use std::task::{Context, Poll};
 
+use futures_util::future::BoxFuture;
 use futures_util::FutureExt;
-use http::{Request, Response};
+use http::{Extensions, Request, Response};
 use tower_service::Service;
 
 pub use delivery::Delivery;
-use handler::Directive;
-pub use handler::{HandlerError, HandlerResult};
+use error::Directive;
+pub use error::{HandlerError, HandlerResult};
+pub use extract::{DeliveryContext, FromDelivery, Resource, State};
+pub use handler::Handler;
+pub use outcome::Outcome;
 
-use crate::body::BytesBody;
-use crate::delivery::VerifiedDelivery;
-use crate::layer::future::BoxFuture;
+use crate::delivery::not_verified;
 use crate::model::{
-    ChannelCreated, ChannelDeleted, ChannelUpdated, Envelope, Event, MalformedEvent, MemberAdded,
-    MemberRemoved, MemberUpdated, MessageCreated, MessageDeleted, MessageMentioned, MessageUpdated,
-    ModerationAction, UnknownEvent, WebhookPing,
+    ChannelCreated, ChannelDeleted, ChannelUpdated, Envelope, Event, EventId, EventType,
+    MalformedEvent, MemberAdded, MemberRemoved, MemberUpdated, MessageCreated, MessageDeleted,
+    MessageMentioned, MessageUpdated, ModerationAction, Payload, UnknownEvent, WebhookPing,
 };
-use crate::rejection::{acknowledge, Rejection};
+use crate::response::BytesBody;
+use crate::verify::VerifiedDelivery;
 
-/// A registered handler: which events it takes, and how to run it on one.
-#[derive(Clone)]
-struct EventRoute {
-    accepts: fn(&Event) -> bool,
-    call: Arc<dyn Fn(Envelope, Option<u32>) -> BoxFuture<HandlerResult> + Send + Sync>,
+/// One or several event types, for [`Webhooks::on`].
+pub trait IntoEventTypes {
+    /// The event types.
+    fn into_event_types(self) -> Vec<EventType>;
 }
-type MalformedRoute = Arc<dyn Fn(&MalformedEvent) -> BoxFuture<HandlerResult> + Send + Sync>;
-type GiveUpHook = Arc<dyn Fn(&GivenUp) + Send + Sync>;
+
+impl IntoEventTypes for EventType {
+    fn into_event_types(self) -> Vec<EventType> {
+        vec![self]
+    }
+}
+
+impl<const N: usize> IntoEventTypes for [EventType; N] {
+    fn into_event_types(self) -> Vec<EventType> {
+        self.into()
+    }
+}
+
+impl IntoEventTypes for Vec<EventType> {
+    fn into_event_types(self) -> Vec<EventType> {
+        self
+    }
+}
+
+impl IntoEventTypes for &[EventType] {
+    fn into_event_types(self) -> Vec<EventType> {
+        self.to_vec()
+    }
+}
+
+/// Which event types a route takes.
+enum Selector {
+    Types(Vec<EventType>),
+    AllKnown,
+    AnyUnknown,
+}
+
+type RouteFn<S> = dyn for<'a> Fn(
+        &'a VerifiedDelivery,
+        &'a Envelope,
+        &'a DeliveryContext<'a, S>,
+    ) -> BoxFuture<'static, HandlerResult>
+    + Send
+    + Sync;
+type MalformedFn<S> = dyn for<'a> Fn(
+        Delivery<MalformedEvent>,
+        &'a DeliveryContext<'a, S>,
+    ) -> BoxFuture<'static, HandlerResult>
+    + Send
+    + Sync;
+type GiveUpHook = Arc<dyn Fn(GivenUp) -> BoxFuture<'static, HandlerResult> + Send + Sync>;
+
+/// The handlers, found by event type. Each route's index is its place in
+/// registration order, so that handlers run in the order they were added.
+struct Routes<S> {
+    handlers: Vec<Arc<RouteFn<S>>>,
+    by_type: HashMap<Box<str>, Vec<usize>>,
+    any_unknown: Vec<usize>,
+    malformed: Vec<Arc<MalformedFn<S>>>,
+    give_up: Option<GiveUpHook>,
+}
+
+impl<S> Clone for Routes<S> {
+    fn clone(&self) -> Self {
+        Self {
+            handlers: self.handlers.clone(),
+            by_type: self.by_type.clone(),
+            any_unknown: self.any_unknown.clone(),
+            malformed: self.malformed.clone(),
+            give_up: self.give_up.clone(),
+        }
+    }
+}
+
+impl<S> Default for Routes<S> {
+    fn default() -> Self {
+        Self {
+            handlers: Vec::new(),
+            by_type: HashMap::new(),
+            any_unknown: Vec::new(),
+            malformed: Vec::new(),
+            give_up: None,
+        }
+    }
+}
+
+impl<S> Routes<S> {
+    /// The indexes of the routes for `event`, in registration order.
+    fn matching(&self, event: &Event) -> Vec<usize> {
+        let exact = self
+            .by_type
+            .get(event.event_type())
+            .map_or(&[][..], Vec::as_slice);
+        if !matches!(event, Event::Unknown(_)) || self.any_unknown.is_empty() {
+            return exact.to_vec();
+        }
+        let mut all: Vec<usize> = exact.iter().chain(&self.any_unknown).copied().collect();
+        all.sort_unstable();
+        all
+    }
+}
 
 /// A delivery a handler gave up on with [`HandlerError::give_up`]: it was
 /// acknowledged without being handled.
-#[derive(Debug)]
+#[derive(Debug, Clone)]
 #[non_exhaustive]
 pub struct GivenUp {
     /// The delivery id.
-    pub id: crate::model::EventId,
+    pub id: EventId,
     /// The event type.
     pub event_type: String,
+    /// `X-Cariosan-Attempt`.
+    pub attempt: Option<u32>,
     /// Why the handler gave up.
     pub error: HandlerError,
 }
 
 /// A registry of event handlers, and the service that runs them.
 ///
-/// Cheap to clone: the handlers are shared.
-#[derive(Clone, Default)]
+/// `S` is the state its handlers may take as a [`State`] argument
+/// ([`with_state`](Self::with_state)). Cheap to clone: the handlers are
+/// shared.
 #[must_use]
-pub struct Webhooks {
-    events: Arc<Vec<EventRoute>>,
-    malformed: Arc<Vec<MalformedRoute>>,
-    give_up: Option<GiveUpHook>,
+pub struct Webhooks<S = ()> {
+    routes: Arc<Routes<S>>,
+    state: S,
 }
 
-impl Webhooks {
-    /// A registry with no handlers: every verified delivery is acknowledged.
+impl<S: Clone> Clone for Webhooks<S> {
+    fn clone(&self) -> Self {
+        Self {
+            routes: self.routes.clone(),
+            state: self.state.clone(),
+        }
+    }
+}
+
+impl Default for Webhooks<()> {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+impl Webhooks<()> {
+    /// A registry with no handlers: every verified delivery is acknowledged
+    /// (`200 ignored`).
     pub fn new() -> Self {
-        Self::default()
+        Self::with_state(())
     }
 
-    /// Registers a handler for the events `accepts` takes; `payload` takes
-    /// its payload out of one. The handler is called inside the future, so
-    /// a panic while it builds its future is caught like any other.
-    fn route<T, F, Fut>(
-        mut self,
-        accepts: fn(&Event) -> bool,
-        payload: fn(Event) -> Option<T>,
-        handler: F,
-    ) -> Self
+    /// A registry whose handlers may take `state` as a [`State`] argument,
+    /// the way axum's `State` works: the state is cloned for every handler
+    /// call that asks for it, so make it cheap to clone (an `Arc`, a pool).
+    ///
+    /// ```
+    /// use cariosan_webhooks::dispatch::State;
+    /// use cariosan_webhooks::model::{EventType, MessageCreated};
+    /// use cariosan_webhooks::{Delivery, HandlerResult, Webhooks};
+    ///
+    /// #[derive(Clone, Default)]
+    /// struct Db;
+    ///
+    /// async fn save(event: Delivery<MessageCreated>, State(db): State<Db>) -> HandlerResult {
+    ///     let _ = (db, &event.message);
+    ///     Ok(())
+    /// }
+    ///
+    /// let webhooks = Webhooks::with_state(Db).on(EventType::MessageCreated, save);
+    /// # let _ = webhooks;
+    /// ```
+    pub fn with_state<S: Clone + Send + Sync + 'static>(state: S) -> Webhooks<S> {
+        Webhooks {
+            routes: Arc::new(Routes::default()),
+            state,
+        }
+    }
+}
+
+impl<S: Clone + Send + Sync + 'static> Webhooks<S> {
+    fn routes_mut(&mut self) -> &mut Routes<S> {
+        Arc::make_mut(&mut self.routes)
+    }
+
+    /// Runs `handler` for every event of the given types: one
+    /// [`EventType`], an array or a `Vec` of them. The handler takes a
+    /// [`Delivery<T>`] where `T` is the payload all of those types carry
+    /// (one event's payload type, or [`Event`] for several), then up to three
+    /// [`FromDelivery`] arguments.
+    ///
+    /// `EventType::Other("poll.closed".into())` routes an event type this
+    /// version does not know, as an [`UnknownEvent`].
+    ///
+    /// # Panics
+    ///
+    /// If `T` is not the payload of one of the types: a handler of
+    /// `Delivery<MessageCreated>` cannot take `channel.created`.
+    pub fn on<T, H, Args>(self, event_types: impl IntoEventTypes, handler: H) -> Self
     where
-        T: Send + 'static,
-        F: Fn(Delivery<T>) -> Fut + Send + Sync + 'static,
-        Fut: Future<Output = HandlerResult> + Send + 'static,
+        T: Payload,
+        H: Handler<T, S, Args>,
+    {
+        let types = event_types.into_event_types();
+        for event_type in &types {
+            assert!(
+                T::accepts(event_type),
+                "a handler of Delivery<{}> cannot take {event_type} events",
+                type_name::<T>()
+            );
+        }
+        self.register(Selector::Types(types), handler)
+    }
+
+    fn register<T, H, Args>(mut self, selector: Selector, handler: H) -> Self
+    where
+        T: Payload,
+        H: Handler<T, S, Args>,
     {
         let handler = Arc::new(handler);
-        let call = Arc::new(
-            move |envelope: Envelope, attempt| -> BoxFuture<HandlerResult> {
-                let handler = handler.clone();
-                Box::pin(async move {
-                    let data = payload(envelope.event).expect("the route accepts this event");
-                    let delivery = Delivery::new(
-                        envelope.id,
-                        envelope.created_at,
-                        envelope.workspace_id,
-                        attempt,
-                        data,
-                    );
-                    handler(delivery).await
-                })
-            },
-        );
-        Arc::make_mut(&mut self.events).push(EventRoute { accepts, call });
+        let route: Arc<RouteFn<S>> = Arc::new(move |delivery, envelope, cx| {
+            match Delivery::<T>::from_verified(delivery, envelope) {
+                Some(typed) => handler.clone().call(typed, cx),
+                None => Box::pin(std::future::ready(Err(HandlerError::msg(format_args!(
+                    "a {} event does not carry the {} this handler takes",
+                    envelope.event_type(),
+                    type_name::<T>()
+                ))))),
+            }
+        });
+        let routes = self.routes_mut();
+        let index = routes.handlers.len();
+        routes.handlers.push(route);
+        let mut add = |wire: &str| {
+            routes.by_type.entry(wire.into()).or_default().push(index);
+        };
+        match selector {
+            Selector::Types(types) => types.iter().for_each(|t| add(t.as_str())),
+            Selector::AllKnown => EventType::KNOWN.iter().for_each(|t| add(t.as_str())),
+            Selector::AnyUnknown => routes.any_unknown.push(index),
+        }
         self
     }
 
@@ -142,70 +323,165 @@ impl Webhooks {
         F: Fn(Delivery<Event>) -> Fut + Send + Sync + 'static,
         Fut: Future<Output = HandlerResult> + Send + 'static,
     {
-        self.route(|event| !matches!(event, Event::Unknown(_)), Some, handler)
+        self.register::<Event, F, ()>(Selector::AllKnown, handler)
     }
 
     /// Runs `handler` for event types this version does not know, with their
-    /// type and raw data. Without such a handler they are acknowledged.
+    /// type and raw data. Without such a handler they are acknowledged
+    /// (`200 ignored`).
     pub fn on_unknown<F, Fut>(self, handler: F) -> Self
     where
         F: Fn(Delivery<UnknownEvent>) -> Fut + Send + Sync + 'static,
         Fut: Future<Output = HandlerResult> + Send + 'static,
     {
-        self.route(
-            |event| matches!(event, Event::Unknown(_)),
-            |event| match event {
-                Event::Unknown(unknown) => Some(unknown),
-                _ => None,
-            },
-            handler,
-        )
+        self.register::<UnknownEvent, F, ()>(Selector::AnyUnknown, handler)
     }
 
     /// Runs `handler` for signed envelopes of a known type whose data does
-    /// not fit the model, with the raw data. Its result decides the answer;
-    /// without such a handler they are answered `500 event_malformed`.
+    /// not fit the model, with the raw data and the attempt. Its result
+    /// decides the answer; without such a handler they are answered `500
+    /// event_malformed`.
     pub fn on_malformed<F, Fut>(mut self, handler: F) -> Self
     where
-        F: Fn(MalformedEvent) -> Fut + Send + Sync + 'static,
+        F: Fn(Delivery<MalformedEvent>) -> Fut + Send + Sync + 'static,
         Fut: Future<Output = HandlerResult> + Send + 'static,
     {
         let handler = Arc::new(handler);
-        let route: MalformedRoute = Arc::new(move |malformed| {
-            let (handler, malformed) = (handler.clone(), malformed.clone());
-            Box::pin(async move { handler(malformed).await })
-        });
-        Arc::make_mut(&mut self.malformed).push(route);
+        let route: Arc<MalformedFn<S>> =
+            Arc::new(move |delivery, cx| Handler::call(handler.clone(), delivery, cx));
+        self.routes_mut().malformed.push(route);
         self
     }
 
     /// Calls `hook` for every delivery a handler gave up on with
     /// [`HandlerError::give_up`] (they are also logged as errors): put them
-    /// on a dead-letter list, say.
-    pub fn on_give_up(mut self, hook: impl Fn(&GivenUp) + Send + Sync + 'static) -> Self {
-        self.give_up = Some(Arc::new(hook));
+    /// on a dead-letter list, say. If the hook fails, the delivery is
+    /// answered `500 handler_failed` instead, so that the retry comes back
+    /// to it.
+    pub fn on_give_up<F, Fut>(mut self, hook: F) -> Self
+    where
+        F: Fn(GivenUp) -> Fut + Send + Sync + 'static,
+        Fut: Future<Output = HandlerResult> + Send + 'static,
+    {
+        self.routes_mut().give_up = Some(Arc::new(move |given_up| Box::pin(hook(given_up))));
         self
+    }
+
+    /// The state handlers take as [`State`].
+    pub fn state(&self) -> &S {
+        &self.state
+    }
+
+    /// Runs the handlers for one verified delivery, without HTTP, and says
+    /// how it went. Nothing is recorded anywhere: de-duplication and the
+    /// other delivery semantics are the delivery layer's.
+    pub async fn handle(&self, delivery: &VerifiedDelivery) -> Outcome {
+        self.handle_with(delivery, &Extensions::new()).await
+    }
+
+    /// [`handle`](Self::handle), with `resources` for the handlers'
+    /// [`Resource`] arguments.
+    pub async fn handle_with(
+        &self,
+        delivery: &VerifiedDelivery,
+        resources: &Extensions,
+    ) -> Outcome {
+        let cx = DeliveryContext::new(&self.state, resources);
+        let routes = &self.routes;
+        let ran = match (delivery.envelope(), delivery.malformed()) {
+            (Some(envelope), _) => {
+                let matching = routes.matching(&envelope.event);
+                run_in_turn(
+                    matching
+                        .iter()
+                        .map(|&index| (routes.handlers[index])(delivery, envelope, &cx)),
+                )
+                .await
+            }
+            (None, Some(malformed)) if !routes.malformed.is_empty() => {
+                let typed =
+                    Delivery::malformed(malformed, delivery.attempt(), delivery.signed_at());
+                run_in_turn(
+                    routes
+                        .malformed
+                        .iter()
+                        .map(|route| route(typed.clone(), &cx)),
+                )
+                .await
+            }
+            (None, _) => {
+                tracing::error!("no on_malformed handler: answering 500 so the sender retries");
+                return Outcome::Malformed;
+            }
+        };
+        match ran {
+            Outcome::GivenUp(error) => {
+                tracing::error!(%error, "a handler gave up on the delivery: acknowledging it unhandled");
+                let Some(hook) = &routes.give_up else {
+                    return Outcome::GivenUp(error);
+                };
+                let given_up = GivenUp {
+                    id: delivery.id().clone(),
+                    event_type: delivery.event_type().to_owned(),
+                    attempt: delivery.attempt(),
+                    error: error.clone(),
+                };
+                match AssertUnwindSafe(hook(given_up)).catch_unwind().await {
+                    Ok(Ok(())) => Outcome::GivenUp(error),
+                    Ok(Err(hook_error)) => {
+                        tracing::error!(error = %hook_error, "the on_give_up hook failed: answering 500 so the sender retries");
+                        Outcome::Failed(hook_error)
+                    }
+                    Err(_panic) => {
+                        tracing::error!("the on_give_up hook panicked: answering 500");
+                        Outcome::Panicked
+                    }
+                }
+            }
+            other => other,
+        }
     }
 }
 
+/// Runs handlers one after another; the first failure, panic or give-up
+/// stops the run. Each handler's future is made only when its turn comes.
+async fn run_in_turn(handlers: impl Iterator<Item = BoxFuture<'static, HandlerResult>>) -> Outcome {
+    let mut ran = Outcome::Ignored;
+    for handler in handlers {
+        ran = Outcome::Handled;
+        match AssertUnwindSafe(handler).catch_unwind().await {
+            Ok(Ok(())) => {}
+            Ok(Err(error)) => match error.directive() {
+                Directive::GiveUp => return Outcome::GivenUp(error),
+                Directive::RetryAfter(_) => {
+                    tracing::warn!(%error, "a handler asked for a retry later");
+                    return Outcome::RetryLater(error);
+                }
+                Directive::Fail => {
+                    tracing::error!(%error, "handler failed: answering 500 so the sender retries");
+                    return Outcome::Failed(error);
+                }
+            },
+            Err(_panic) => {
+                tracing::error!("handler panicked: answering 500 so the sender retries");
+                return Outcome::Panicked;
+            }
+        }
+    }
+    ran
+}
+
 macro_rules! typed_handlers {
-    ($( $(#[$doc:meta])* $method:ident => $variant:ident($payload:ty); )*) => {
-        impl Webhooks {
+    ($( $(#[$doc:meta])* $method:ident => $variant:ident; )*) => {
+        impl<S: Clone + Send + Sync + 'static> Webhooks<S> {
             $(
                 $(#[$doc])*
                 pub fn $method<F, Fut>(self, handler: F) -> Self
                 where
-                    F: Fn(Delivery<$payload>) -> Fut + Send + Sync + 'static,
+                    F: Fn(Delivery<$variant>) -> Fut + Send + Sync + 'static,
                     Fut: Future<Output = HandlerResult> + Send + 'static,
                 {
-                    self.route(
-                        |event| matches!(event, Event::$variant(_)),
-                        |event| match event {
-                            Event::$variant(payload) => Some(*payload),
-                            _ => None,
-                        },
-                        handler,
-                    )
+                    self.on::<$variant, F, ()>(EventType::$variant, handler)
                 }
             )*
         }
@@ -214,147 +490,62 @@ macro_rules! typed_handlers {
 
 typed_handlers! {
     /// Runs `handler` for every `message.created`.
-    on_message_created => MessageCreated(MessageCreated);
+    on_message_created => MessageCreated;
     /// Runs `handler` for every `message.updated`.
-    on_message_updated => MessageUpdated(MessageUpdated);
+    on_message_updated => MessageUpdated;
     /// Runs `handler` for every `message.deleted`.
-    on_message_deleted => MessageDeleted(MessageDeleted);
+    on_message_deleted => MessageDeleted;
     /// Runs `handler` for every `message.mentioned`.
-    on_message_mentioned => MessageMentioned(MessageMentioned);
+    on_message_mentioned => MessageMentioned;
     /// Runs `handler` for every `channel.created`.
-    on_channel_created => ChannelCreated(ChannelCreated);
+    on_channel_created => ChannelCreated;
     /// Runs `handler` for every `channel.updated`.
-    on_channel_updated => ChannelUpdated(ChannelUpdated);
+    on_channel_updated => ChannelUpdated;
     /// Runs `handler` for every `channel.deleted`.
-    on_channel_deleted => ChannelDeleted(ChannelDeleted);
+    on_channel_deleted => ChannelDeleted;
     /// Runs `handler` for every `member.added`.
-    on_member_added => MemberAdded(MemberAdded);
+    on_member_added => MemberAdded;
     /// Runs `handler` for every `member.removed`.
-    on_member_removed => MemberRemoved(MemberRemoved);
+    on_member_removed => MemberRemoved;
     /// Runs `handler` for every `member.updated`.
-    on_member_updated => MemberUpdated(MemberUpdated);
+    on_member_updated => MemberUpdated;
     /// Runs `handler` for every `moderation.action`.
-    on_moderation_action => ModerationAction(ModerationAction);
+    on_moderation_action => ModerationAction;
     /// Runs `handler` for every `webhook.ping`.
-    on_webhook_ping => WebhookPing(WebhookPing);
+    on_webhook_ping => WebhookPing;
 }
 
-impl std::fmt::Debug for Webhooks {
+impl<S> std::fmt::Debug for Webhooks<S> {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("Webhooks")
-            .field("event_handlers", &self.events.len())
-            .field("malformed_handlers", &self.malformed.len())
-            .field("give_up_hook", &self.give_up.is_some())
-            .finish()
+            .field("event_handlers", &self.routes.handlers.len())
+            .field("malformed_handlers", &self.routes.malformed.len())
+            .field("give_up_hook", &self.routes.give_up.is_some())
+            .finish_non_exhaustive()
     }
 }
 
-impl<B> Service<Request<B>> for Webhooks {
+impl<S, B> Service<Request<B>> for Webhooks<S>
+where
+    S: Clone + Send + Sync + 'static,
+{
     type Response = Response<BytesBody>;
     type Error = Infallible;
-    type Future = BoxFuture<Result<Response<BytesBody>, Infallible>>;
+    type Future = BoxFuture<'static, Result<Response<BytesBody>, Infallible>>;
 
     fn poll_ready(&mut self, _cx: &mut Context<'_>) -> Poll<Result<(), Infallible>> {
         Poll::Ready(Ok(()))
     }
 
-    fn call(&mut self, mut request: Request<B>) -> Self::Future {
-        let delivery = request.extensions_mut().remove::<VerifiedDelivery>();
+    fn call(&mut self, request: Request<B>) -> Self::Future {
+        let (parts, _body) = request.into_parts();
+        let Some(delivery) = parts.extensions.get::<VerifiedDelivery>().cloned() else {
+            return Box::pin(std::future::ready(Ok(not_verified())));
+        };
         let this = self.clone();
         Box::pin(async move {
-            let outcome = match delivery {
-                Some(delivery) => this.dispatch(delivery).await,
-                None => Err(crate::not_verified()),
-            };
-            Ok(match outcome {
-                Ok(Ran::All) => acknowledge("handled"),
-                Ok(Ran::None) => acknowledge("ignored"),
-                Ok(Ran::GaveUp(_)) => acknowledge("given_up"),
-                Err(rejection) => rejection.to_response(),
-            })
+            let outcome = this.handle_with(&delivery, &parts.extensions).await;
+            Ok(outcome.to_response())
         })
     }
-}
-
-impl Webhooks {
-    /// Runs the matching handlers.
-    async fn dispatch(&self, delivery: VerifiedDelivery) -> Result<Ran, Rejection> {
-        let attempt = delivery.attempt();
-        let (id, event_type) = (delivery.id().clone(), delivery.event_type().to_owned());
-        let ran = match delivery.into_payload() {
-            Ok(envelope) => {
-                // Every handler but the last gets a copy; the last gets the
-                // parsed envelope itself.
-                let matching: Vec<&EventRoute> = self
-                    .events
-                    .iter()
-                    .filter(|route| (route.accepts)(&envelope.event))
-                    .collect();
-                let last = matching.len().saturating_sub(1);
-                let mut envelope = Some(envelope);
-                run(matching.iter().enumerate().map(|(n, route)| {
-                    let own = if n == last {
-                        envelope.take()
-                    } else {
-                        envelope.clone()
-                    };
-                    (route.call)(own.expect("taken once, last"), attempt)
-                }))
-                .await
-            }
-            Err(_) if self.malformed.is_empty() => {
-                tracing::error!("no on_malformed handler: answering 500 so the sender retries");
-                return Err(Rejection::MalformedEvent);
-            }
-            Err(malformed) => run(self.malformed.iter().map(|route| route(&malformed))).await,
-        }?;
-        if let Ran::GaveUp(error) = ran {
-            tracing::error!(%error, "a handler gave up on the delivery: acknowledging it unhandled");
-            let given_up = GivenUp {
-                id,
-                event_type,
-                error,
-            };
-            if let Some(hook) = &self.give_up {
-                hook(&given_up);
-            }
-            return Ok(Ran::GaveUp(given_up.error));
-        }
-        Ok(ran)
-    }
-}
-
-/// How a run of handlers ended, short of a failure.
-enum Ran {
-    None,
-    All,
-    GaveUp(HandlerError),
-}
-
-/// Runs handlers one after another; the first failure, panic or give-up
-/// stops the run.
-async fn run(handlers: impl Iterator<Item = BoxFuture<HandlerResult>>) -> Result<Ran, Rejection> {
-    let mut ran = Ran::None;
-    for handler in handlers {
-        ran = Ran::All;
-        match AssertUnwindSafe(handler).catch_unwind().await {
-            Ok(Ok(())) => {}
-            Ok(Err(error)) => match error.directive() {
-                Directive::GiveUp => return Ok(Ran::GaveUp(error)),
-                Directive::RetryAfter(retry_after) => {
-                    tracing::warn!(%error, "a handler asked for a retry later");
-                    return Err(Rejection::RetryLater { retry_after });
-                }
-                Directive::Fail => {
-                    tracing::error!(%error, "handler failed: answering 500 so the sender retries");
-                    return Err(Rejection::HandlerFailed);
-                }
-            },
-            Err(_panic) => {
-                tracing::error!("handler panicked: answering 500 so the sender retries");
-                return Err(Rejection::HandlerPanicked);
-            }
-        }
-    }
-    Ok(ran)
 }

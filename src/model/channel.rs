@@ -3,6 +3,7 @@
 use serde::{Deserialize, Serialize};
 
 use super::common::Channel;
+use super::macros::payload_newtype;
 
 /// The data of every `channel.*` event: the channel.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -12,10 +13,12 @@ pub struct ChannelEvent {
     pub channel: Channel,
 }
 
-/// `channel.created`: a channel was created (a direct channel only the first
-/// time).
-pub type ChannelCreated = ChannelEvent;
-/// `channel.updated`: its name or avatar changed.
-pub type ChannelUpdated = ChannelEvent;
-/// `channel.deleted`: it was deleted.
-pub type ChannelDeleted = ChannelEvent;
+payload_newtype! {
+    /// `channel.created`: a channel was created (a direct channel only the
+    /// first time).
+    ChannelCreated(ChannelEvent);
+    /// `channel.updated`: its name or avatar changed.
+    ChannelUpdated(ChannelEvent);
+    /// `channel.deleted`: it was deleted.
+    ChannelDeleted(ChannelEvent);
+}

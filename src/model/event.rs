@@ -1,6 +1,7 @@
 //! The envelope, the `Event` enum and parsing.
 
 use std::fmt;
+use std::sync::Arc;
 
 use serde::de::{self, DeserializeSeed, IgnoredAny, MapAccess, Visitor};
 use serde::ser::SerializeStruct;
@@ -30,10 +31,13 @@ macro_rules! events {
 
         /// A Cariosan event: one variant per event type of the protocol, and
         /// [`Event::Unknown`] for types this version does not know.
+        ///
+        /// Payloads are shared (`Arc`), so a delivery that several handlers
+        /// take is parsed once and never deep-copied.
         #[derive(Debug, Clone, PartialEq, Eq)]
         #[non_exhaustive]
         pub enum Event {
-            $( $(#[$doc])* $variant(Box<$payload>), )*
+            $( $(#[$doc])* $variant(Arc<$payload>), )*
             /// An event type this version of the crate does not know. The
             /// sender may add types at any time; they are acknowledged and
             /// offered here with their raw data.
@@ -66,7 +70,7 @@ macro_rules! events {
 
             fn deserialize<D: Deserializer<'de>>(self, deserializer: D) -> Result<Event, D::Error> {
                 Ok(match self.0 {
-                    $( $wire => Event::$variant(Box::new(<$payload>::deserialize(deserializer)?)), )*
+                    $( $wire => Event::$variant(Arc::new(<$payload>::deserialize(deserializer)?)), )*
                     other => Event::Unknown(UnknownEvent {
                         event_type: other.to_owned(),
                         data: Box::<RawValue>::deserialize(deserializer)?,
@@ -74,6 +78,21 @@ macro_rules! events {
                 })
             }
         }
+
+        $(
+            impl Payload for $payload {
+                fn accepts(event_type: &EventType) -> bool {
+                    *event_type == EventType::$variant
+                }
+
+                fn from_event(event: &Event) -> Option<Arc<Self>> {
+                    match event {
+                        Event::$variant(payload) => Some(payload.clone()),
+                        _ => None,
+                    }
+                }
+            }
+        )*
 
         struct DataRef<'a>(&'a Event);
 
@@ -113,6 +132,40 @@ events! {
     ModerationAction(ModerationAction) = "moderation.action",
     /// `webhook.ping`: a test delivery.
     WebhookPing(WebhookPing) = "webhook.ping",
+}
+
+/// What a handler can take as its payload: one event type's data (such as
+/// [`MessageCreated`]), [`Event`] for every known type, or [`UnknownEvent`]
+/// for the types this version does not know.
+pub trait Payload: Send + Sync + 'static {
+    /// Whether events of `event_type` carry this payload.
+    fn accepts(event_type: &EventType) -> bool;
+
+    /// This payload out of `event`, shared, if the event carries it.
+    fn from_event(event: &Event) -> Option<Arc<Self>>;
+}
+
+impl Payload for Event {
+    fn accepts(event_type: &EventType) -> bool {
+        !matches!(event_type, EventType::Other(_))
+    }
+
+    fn from_event(event: &Event) -> Option<Arc<Self>> {
+        (!matches!(event, Event::Unknown(_))).then(|| Arc::new(event.clone()))
+    }
+}
+
+impl Payload for UnknownEvent {
+    fn accepts(event_type: &EventType) -> bool {
+        matches!(event_type, EventType::Other(_))
+    }
+
+    fn from_event(event: &Event) -> Option<Arc<Self>> {
+        match event {
+            Event::Unknown(unknown) => Some(Arc::new(unknown.clone())),
+            _ => None,
+        }
+    }
 }
 
 /// An event of a type this version does not know: its type and raw `data`.
@@ -382,7 +435,7 @@ pub enum ParseError {
     /// The body is not a JSON envelope with `id`, `type`, `created_at`,
     /// `workspace_id` and `data`.
     #[error("Failed to parse the body as an event envelope: {0}")]
-    InvalidEnvelope(#[source] JsonError),
+    InvalidEnvelope(JsonError),
     /// The envelope is fine but its `data` does not fit the model of its
     /// type.
     #[error("Failed to parse the data of a {} event: {}", .0.event_type, .0.error)]

@@ -23,9 +23,36 @@ macro_rules! id_newtype {
             }
         }
 
+        impl std::str::FromStr for $name {
+            type Err = std::convert::Infallible;
+
+            /// Never fails: any text is an id to hold.
+            fn from_str(value: &str) -> Result<Self, Self::Err> {
+                Ok(Self::new(value))
+            }
+        }
+
         impl std::fmt::Display for $name {
             fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
                 f.write_str(&self.0)
+            }
+        }
+
+        impl From<String> for $name {
+            fn from(id: String) -> Self {
+                Self(id)
+            }
+        }
+
+        impl From<&str> for $name {
+            fn from(id: &str) -> Self {
+                Self(id.to_owned())
+            }
+        }
+
+        impl std::borrow::Borrow<str> for $name {
+            fn borrow(&self) -> &str {
+                &self.0
             }
         }
 
@@ -49,6 +76,46 @@ macro_rules! id_newtype {
     };
 }
 
+/// One event type's payload: a type of its own over data that several event
+/// types share, so that compiler errors name the type the user wrote.
+macro_rules! payload_newtype {
+    ($( $(#[$doc:meta])* $name:ident($inner:ty); )*) => {
+        $(
+            $(#[$doc])*
+            #[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+            #[serde(transparent)]
+            pub struct $name(pub $inner);
+
+            impl std::ops::Deref for $name {
+                type Target = $inner;
+
+                fn deref(&self) -> &$inner {
+                    &self.0
+                }
+            }
+
+            impl std::ops::DerefMut for $name {
+                fn deref_mut(&mut self) -> &mut $inner {
+                    &mut self.0
+                }
+            }
+
+            impl From<$inner> for $name {
+                fn from(data: $inner) -> Self {
+                    Self(data)
+                }
+            }
+
+            impl $name {
+                /// The data this event type shares with its family.
+                pub fn into_inner(self) -> $inner {
+                    self.0
+                }
+            }
+        )*
+    };
+}
+
 /// A string enum that may gain values: known values are variants, anything
 /// else is kept in `Other` instead of failing the whole event.
 macro_rules! open_enum {
@@ -68,6 +135,9 @@ macro_rules! open_enum {
         }
 
         impl $name {
+            /// Every value this version knows, in the protocol's order.
+            pub const KNOWN: &'static [Self] = &[$( Self::$variant, )*];
+
             /// The value as it appears on the wire.
             pub fn as_str(&self) -> &str {
                 match self {
@@ -93,6 +163,15 @@ macro_rules! open_enum {
         impl From<String> for $name {
             fn from(value: String) -> Self {
                 Self::known(&value).unwrap_or(Self::Other(value))
+            }
+        }
+
+        impl std::str::FromStr for $name {
+            type Err = std::convert::Infallible;
+
+            /// Never fails: an unknown value is kept as `Other`.
+            fn from_str(value: &str) -> Result<Self, Self::Err> {
+                Ok(Self::from(value))
             }
         }
 
@@ -144,4 +223,4 @@ where
     }
 }
 
-pub(crate) use {id_newtype, open_enum};
+pub(crate) use {id_newtype, open_enum, payload_newtype};

@@ -3,6 +3,7 @@
 use serde::{Deserialize, Serialize};
 
 use super::common::{null_as_empty, ChannelRef, Member, MemberRole, UserRef};
+use super::macros::payload_newtype;
 
 /// The data of `member.added` and `member.removed`.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -18,10 +19,12 @@ pub struct MembersChanged {
     pub actor: Option<UserRef>,
 }
 
-/// `member.added`: members joined.
-pub type MemberAdded = MembersChanged;
-/// `member.removed`: members left or were removed.
-pub type MemberRemoved = MembersChanged;
+payload_newtype! {
+    /// `member.added`: members joined.
+    MemberAdded(MembersChanged);
+    /// `member.removed`: members left or were removed.
+    MemberRemoved(MembersChanged);
+}
 
 /// `member.updated`: a member's role changed.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]

@@ -1,6 +1,8 @@
 //! Messages, quoted replies and the `message.*` events.
 
 use serde::{Deserialize, Serialize};
+
+use super::macros::payload_newtype;
 use time::OffsetDateTime;
 
 use super::common::{null_as_empty, ChannelId, ChannelRef, MessageId, UserRef};
@@ -106,11 +108,13 @@ pub struct MessageEvent {
     pub message: Message,
 }
 
-/// `message.created`: a message was sent.
-pub type MessageCreated = MessageEvent;
-/// `message.updated`: its author edited it (`edited_at` is set).
-pub type MessageUpdated = MessageEvent;
-/// `message.deleted`: its author unsent it (blanked, `deleted_at` set).
-pub type MessageDeleted = MessageEvent;
-/// `message.mentioned`: a message mentions someone (`mentions` non-empty).
-pub type MessageMentioned = MessageEvent;
+payload_newtype! {
+    /// `message.created`: a message was sent.
+    MessageCreated(MessageEvent);
+    /// `message.updated`: its author edited it (`edited_at` is set).
+    MessageUpdated(MessageEvent);
+    /// `message.deleted`: its author unsent it (blanked, `deleted_at` set).
+    MessageDeleted(MessageEvent);
+    /// `message.mentioned`: a message mentions someone (`mentions` non-empty).
+    MessageMentioned(MessageEvent);
+}

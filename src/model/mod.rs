@@ -35,7 +35,9 @@ pub use common::{
     Channel, ChannelId, ChannelRef, ChannelType, EventId, Member, MemberRole, MessageId, UserRef,
     WebhookId, WorkspaceId,
 };
-pub use event::{Envelope, Event, EventType, JsonError, MalformedEvent, ParseError, UnknownEvent};
+pub use event::{
+    Envelope, Event, EventType, JsonError, MalformedEvent, ParseError, Payload, UnknownEvent,
+};
 pub use member::{MemberAdded, MemberRemoved, MemberUpdated, MembersChanged};
 pub use message::{
     Message, MessageCreated, MessageDeleted, MessageEvent, MessageMentioned, MessageType,

@@ -4,10 +4,23 @@ use std::time::{Duration, Instant};
 
 use super::{BoxFuture, Claim, ClaimToken, IdempotencyStore, StoreError};
 
+/// `now + duration`, saturating far in the future instead of overflowing.
+fn later(now: Instant, duration: Duration) -> Instant {
+    now.checked_add(duration)
+        .or_else(|| now.checked_add(Duration::from_secs(100 * 365 * 24 * 60 * 60)))
+        .unwrap_or(now)
+}
+
 /// How many ids [`MemoryStore::new`] remembers at most.
 pub const DEFAULT_MAX_ENTRIES: usize = 250_000;
 
 /// The default store: in this process's memory, bounded in entries.
+///
+/// What it keeps lives and dies with the process: a restart forgets every
+/// handled id, so a delivery handled before the restart runs again if it is
+/// redelivered (a captured, signed request replayed within the timestamp
+/// tolerance, say). Its claims need no renewal: they end with the run that
+/// holds them, or with the process.
 ///
 /// Each entry costs its id (at most 128 bytes) plus about 100 bytes of
 /// bookkeeping, so the default bound is about 60 MB at worst. When full, the
@@ -104,7 +117,7 @@ impl MemoryStore {
             id.into(),
             Entry::Claimed {
                 token: token.clone(),
-                until: now + lease,
+                until: later(now, lease),
             },
         );
         Ok(Claim::Claimed(token))
@@ -170,7 +183,7 @@ impl IdempotencyStore for MemoryStore {
         let mut state = self.lock();
         let renewed = match state.entries.get_mut(id) {
             Some(Entry::Claimed { token: held, until }) if held == token => {
-                *until = Instant::now() + lease;
+                *until = later(Instant::now(), lease);
                 true
             }
             _ => false,
@@ -184,7 +197,7 @@ impl IdempotencyStore for MemoryStore {
         retention: Duration,
     ) -> BoxFuture<'a, Result<(), StoreError>> {
         let mut state = self.lock();
-        let until = Instant::now() + retention;
+        let until = later(Instant::now(), retention);
         let id = match state.entries.get_key_value(id) {
             Some((claimed, _)) => claimed.clone(),
             None => Arc::from(id),
@@ -205,6 +218,10 @@ impl IdempotencyStore for MemoryStore {
             state.entries.remove(id);
         }
         Box::pin(std::future::ready(Ok(())))
+    }
+
+    fn needs_renewal(&self) -> bool {
+        false
     }
 }
 

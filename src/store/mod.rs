@@ -22,16 +22,13 @@ mod memory;
 mod redis;
 
 use std::fmt;
-use std::future::Future;
-use std::pin::Pin;
 use std::time::Duration;
+
+pub use futures_util::future::BoxFuture;
 
 pub use memory::{MemoryStore, DEFAULT_MAX_ENTRIES};
 #[cfg(feature = "redis")]
 pub use redis::RedisStore;
-
-/// A boxed, sendable future, as the store methods return.
-pub type BoxFuture<'a, T> = Pin<Box<dyn Future<Output = T> + Send + 'a>>;
 
 /// What a claim found.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -80,6 +77,13 @@ pub trait IdempotencyStore: Send + Sync + 'static {
         id: &'a str,
         token: &'a ClaimToken,
     ) -> BoxFuture<'a, Result<(), StoreError>>;
+
+    /// Whether a claim must be renewed while its handlers run. A store in
+    /// the process's own memory needs none: its claims die with the process,
+    /// and the run itself completes or releases them.
+    fn needs_renewal(&self) -> bool {
+        true
+    }
 }
 
 /// Proof of one claim: only its holder may renew or release it.
@@ -130,13 +134,21 @@ impl fmt::Debug for ClaimToken {
 
 /// A store could not answer (Redis is down, say). The layer answers `503`,
 /// never an acknowledgement.
+///
+/// `Display` includes the store's own error; [`inner`](Self::inner) gives
+/// it to inspect.
 #[derive(Debug, thiserror::Error)]
 #[error("Failed to reach the idempotency store: {0}")]
-pub struct StoreError(#[source] Box<dyn std::error::Error + Send + Sync + 'static>);
+pub struct StoreError(Box<dyn std::error::Error + Send + Sync + 'static>);
 
 impl StoreError {
     /// Wraps the store's own error.
     pub fn new(error: impl Into<Box<dyn std::error::Error + Send + Sync + 'static>>) -> Self {
         Self(error.into())
+    }
+
+    /// The store's own error.
+    pub fn inner(&self) -> &(dyn std::error::Error + Send + Sync + 'static) {
+        &*self.0
     }
 }

@@ -5,7 +5,10 @@
 //! Cariosan does, with control over the secrets, the timestamp, the delivery
 //! id and the attempt, and turns it into an `http::Request` you can drive
 //! your `Router` with through `tower::ServiceExt::oneshot`, no network
-//! needed. [`samples`] has a realistic event of every type.
+//! needed, or into a [`VerifiedDelivery`] for
+//! [`Webhooks::handle`](crate::Webhooks::handle). [`delivery`] builds the
+//! [`Delivery`] a handler function takes, to unit-test it directly.
+//! [`samples`] has a realistic event of every type.
 //!
 //! ```
 //! use axum::routing::post_service;
@@ -19,8 +22,7 @@
 //!     .route("/webhooks/cariosan", post_service(Webhooks::new().on_message_created(|event| async move {
 //!         assert_eq!(event.message.mentions.len(), 2);
 //!         Ok(())
-//!     })))
-//!     .layer(CariosanWebhookLayer::new("whsec_test"));
+//!     })).layer(CariosanWebhookLayer::new("whsec_test")));
 //!
 //! let request = TestDelivery::event(samples::message_created_reply())
 //!     .secret("whsec_test")
@@ -37,10 +39,12 @@ use std::time::{SystemTime, UNIX_EPOCH};
 use bytes::Bytes;
 use http::Request;
 
-use crate::body::BytesBody;
-use crate::model::Envelope;
+use crate::dispatch::Delivery;
+use crate::model::{Envelope, Payload};
+use crate::protocol::{ATTEMPT_HEADER, DELIVERY_HEADER, EVENT_HEADER, SIGNATURE_HEADER};
+use crate::response::BytesBody;
 pub use crate::verify::FixedClock;
-use crate::verify::{sign, Secret};
+use crate::verify::{sign, DeliveryError, DeliveryHeaders, Secret, VerifiedDelivery, Verifier};
 
 /// The secret a [`TestDelivery`] signs with unless told otherwise.
 pub const TEST_SECRET: &str = "whsec_test";
@@ -163,10 +167,10 @@ impl TestDelivery {
         vec![
             ("content-type", "application/json".to_owned()),
             ("user-agent", "Cariosan-Webhook/1".to_owned()),
-            ("x-cariosan-delivery", self.id.clone()),
-            ("x-cariosan-event", self.event_type.clone()),
-            ("x-cariosan-attempt", self.attempt.to_string()),
-            ("x-cariosan-signature", self.signature()),
+            (DELIVERY_HEADER, self.id.clone()),
+            (EVENT_HEADER, self.event_type.clone()),
+            (ATTEMPT_HEADER, self.attempt.to_string()),
+            (SIGNATURE_HEADER, self.signature()),
         ]
     }
 
@@ -180,6 +184,62 @@ impl TestDelivery {
             .body(BytesBody::new(self.body))
             .expect("a valid request")
     }
+}
+
+impl TestDelivery {
+    /// Signs the delivery and verifies it as a receiver holding the first
+    /// of its secrets would, with [`Verifier::verify_delivery`]: the
+    /// [`VerifiedDelivery`] to pass to
+    /// [`Webhooks::handle`](crate::Webhooks::handle), or why it does not
+    /// verify.
+    ///
+    /// # Panics
+    ///
+    /// If a secret is empty.
+    pub fn verify(&self) -> Result<VerifiedDelivery, DeliveryError> {
+        let secret = self.secrets.first().map_or(TEST_SECRET, String::as_str);
+        let verifier = Verifier::new(secret).expect("a non-empty test secret");
+        let signature = self.signature();
+        let headers = DeliveryHeaders::new(&self.id, &self.event_type, &signature)
+            .attempt(Some(self.attempt));
+        let verifier = match self.timestamp {
+            Some(t) => verifier.clock(FixedClock(t)),
+            None => verifier,
+        };
+        verifier.verify_delivery(&headers, &self.body)
+    }
+}
+
+/// The [`Delivery`] a handler of `T` receives for `envelope`, on its first
+/// attempt, signed now: call your handler function with it directly.
+///
+/// ```
+/// use cariosan_webhooks::model::MessageCreated;
+/// use cariosan_webhooks::test_util::{delivery, samples};
+/// use cariosan_webhooks::{Delivery, HandlerResult};
+///
+/// async fn on_reply(event: Delivery<MessageCreated>) -> HandlerResult {
+///     assert!(event.message.quoted_message.is_some());
+///     Ok(())
+/// }
+///
+/// # #[tokio::main(flavor = "current_thread")]
+/// # async fn main() {
+/// on_reply(delivery(samples::message_created_reply())).await.unwrap();
+/// # }
+/// ```
+///
+/// # Panics
+///
+/// If the envelope's event does not carry a `T`.
+pub fn delivery<T: Payload>(envelope: Envelope) -> Delivery<T> {
+    Delivery::of(&envelope, Some(1), now()).unwrap_or_else(|| {
+        panic!(
+            "a {} event does not carry a {}",
+            envelope.event_type(),
+            std::any::type_name::<T>()
+        )
+    })
 }
 
 fn now() -> i64 {

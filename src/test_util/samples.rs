@@ -11,7 +11,7 @@ macro_rules! samples {
         $(
             $(#[$doc])*
             pub fn $name() -> Envelope {
-                let json = include_str!(concat!("../../tests/fixtures/events/", $file));
+                let json = include_str!(concat!("fixtures/events/", $file));
                 Envelope::from_slice(json.as_bytes()).expect("the sample parses")
             }
         )*

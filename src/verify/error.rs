@@ -12,7 +12,7 @@ pub enum VerifyError {
     MissingSignature,
     /// The `X-Cariosan-Signature` header does not follow the grammar.
     #[error("Failed to verify the delivery: the signature header is malformed ({0})")]
-    MalformedSignature(#[source] MalformedSignature),
+    MalformedSignature(MalformedSignature),
     /// The delivery id is absent, empty, over 128 characters or has a
     /// character outside `A-Z a-z 0-9 _ -`.
     #[error("Failed to verify the delivery: the delivery id is invalid")]

@@ -17,7 +17,7 @@ pub const MAX_HEADER_LEN: usize = 4096;
 /// A parsed `X-Cariosan-Signature` header: one timestamp and the decoded `v1`
 /// MACs. Unknown schemes are skipped.
 #[derive(Clone)]
-pub struct SignatureHeader<'a> {
+pub(crate) struct SignatureHeader<'a> {
     /// The `t` value exactly as sent, as it enters the signed content.
     pub(crate) timestamp_text: &'a [u8],
     /// The `t` value as a number.
@@ -30,7 +30,7 @@ pub struct SignatureHeader<'a> {
 
 impl<'a> SignatureHeader<'a> {
     /// Parses a header value per the grammar of the protocol, section 3.
-    pub fn parse(value: &'a [u8]) -> Result<Self, MalformedSignature> {
+    pub(crate) fn parse(value: &'a [u8]) -> Result<Self, MalformedSignature> {
         if value.len() > MAX_HEADER_LEN {
             return Err(MalformedSignature::TooLong);
         }
@@ -87,13 +87,13 @@ impl<'a> SignatureHeader<'a> {
         })
     }
 
-    /// The signing time, in Unix seconds.
-    pub fn timestamp(&self) -> i64 {
+    #[cfg(test)]
+    fn timestamp(&self) -> i64 {
         self.timestamp
     }
 
-    /// How many well-formed `v1` signatures the header carries.
-    pub fn signature_count(&self) -> usize {
+    #[cfg(test)]
+    fn signature_count(&self) -> usize {
         self.count
     }
 

@@ -20,6 +20,7 @@
 //! # Ok::<(), Box<dyn std::error::Error>>(())
 //! ```
 
+mod delivery;
 mod error;
 mod header;
 
@@ -33,16 +34,12 @@ use hmac::{Hmac, Mac};
 use sha2::Sha256;
 use subtle::{Choice, ConstantTimeEq};
 
+pub use delivery::{DeliveryError, DeliveryHeaders, EnvelopeField, VerifiedDelivery};
 pub use error::{ConfigError, MalformedSignature, VerifyError};
-pub use header::{SignatureHeader, MAX_HEADER_LEN, MAX_SIGNATURES};
+pub use header::{MAX_HEADER_LEN, MAX_SIGNATURES};
 
-use header::MAC_LEN;
-
-/// The tolerance the protocol recommends: 300 seconds either way.
-pub const DEFAULT_TOLERANCE: Duration = Duration::from_secs(300);
-
-/// Longest delivery id the protocol allows.
-pub const MAX_DELIVERY_ID_LEN: usize = 128;
+use crate::protocol::{is_valid_delivery_id, DEFAULT_TOLERANCE};
+use header::{SignatureHeader, MAC_LEN};
 
 /// HMAC-SHA256 with its key absorbed: `hmac` + `sha2` by default, `ring`'s
 /// assembly (AVX2 or SHA extensions, detected at run time) with feature
@@ -261,7 +258,9 @@ impl Verifier {
         self.verify_at(self.clock.now(), delivery_id, signature_header, body)
     }
 
-    /// Verifies a delivery as of `now`, in Unix seconds.
+    /// Verifies a delivery as of `now`, in Unix seconds: the signature
+    /// header alone, for a caller that checks the rest itself (see
+    /// [`verify_delivery`](Self::verify_delivery) for the whole delivery).
     pub fn verify_at(
         &self,
         now: i64,
@@ -320,15 +319,6 @@ impl fmt::Debug for Verifier {
             .field("tolerance", &self.tolerance)
             .finish_non_exhaustive()
     }
-}
-
-/// Whether `id` is a delivery id the protocol allows: 1 to 128 characters of
-/// `A-Z a-z 0-9 _ -`.
-pub fn is_valid_delivery_id(id: &str) -> bool {
-    (1..=MAX_DELIVERY_ID_LEN).contains(&id.len())
-        && id
-            .bytes()
-            .all(|b| b.is_ascii_alphanumeric() || b == b'_' || b == b'-')
 }
 
 #[cfg(test)]

@@ -17,10 +17,15 @@ use tokio::net::{TcpListener, TcpStream};
 
 pub const SECRET: &str = "whsec_2CfBq8m1ZbLr0v5yHkQ7tE9uXw3aJs6N";
 
+/// The protocol's fixtures, which the library's test kit ships; found from
+/// the library or from another workspace member such as the CLI.
 pub fn fixture(path: &str) -> Vec<u8> {
-    let path = PathBuf::from(env!("CARGO_MANIFEST_DIR"))
-        .join("tests/fixtures")
-        .join(path);
+    let manifest = PathBuf::from(env!("CARGO_MANIFEST_DIR"));
+    let root = manifest
+        .ancestors()
+        .find(|dir| dir.join("src/test_util/fixtures").is_dir())
+        .expect("the library's src/test_util/fixtures");
+    let path = root.join("src/test_util/fixtures").join(path);
     std::fs::read(&path).unwrap_or_else(|e| panic!("read {}: {e}", path.display()))
 }
 

@@ -15,7 +15,14 @@ pub fn example_binary(name: &str) -> PathBuf {
     let path = dir.join("examples").join(name);
     if !path.exists() {
         let status = Command::new(env!("CARGO"))
-            .args(["build", "--example", name, "--all-features"])
+            .args([
+                "build",
+                "-p",
+                "cariosan-webhooks",
+                "--example",
+                name,
+                "--all-features",
+            ])
             .current_dir(env!("CARGO_MANIFEST_DIR"))
             .status()
             .unwrap();

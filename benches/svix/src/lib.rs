@@ -54,7 +54,7 @@ impl Subjects {
             .as_secs() as i64;
         let reply = std::fs::read(concat!(
             env!("CARGO_MANIFEST_DIR"),
-            "/../../tests/fixtures/events/message.created.reply.json"
+            "/../../src/test_util/fixtures/events/message.created.reply.json"
         ))
         .expect("run from the cariosan-webhooks repository");
         let body = json::compact(&reply);

@@ -3,9 +3,8 @@
 use std::process::ExitCode;
 use std::time::Duration;
 
-use cariosan_webhooks::verify::{
-    is_valid_delivery_id, Clock, SignatureHeader, SystemClock, Verifier, VerifyError,
-};
+use cariosan_webhooks::protocol::is_valid_delivery_id;
+use cariosan_webhooks::verify::{Clock, SystemClock, Verifier, VerifyError};
 
 use crate::read_stdin;
 
@@ -50,24 +49,46 @@ impl Verify {
             failed = Some("delivery_id_invalid");
         }
 
-        let header = match SignatureHeader::parse(self.header.as_bytes()) {
-            Ok(header) => {
-                println!(
-                    "ok      signature header: t={}, {} v1 signature(s)",
-                    header.timestamp(),
-                    header.signature_count()
-                );
-                Some(header)
+        // The header's grammar and its timestamp's age, from a verifier with
+        // no tolerance: it checks both before any MAC, under any delivery id.
+        let inspector = Verifier::new(&self.secrets[0])
+            .map_err(|e| format!("secret #1: {e}"))?
+            .tolerance(Duration::ZERO);
+        let age = match inspector.verify_at(now, "inspect", &self.header, &body) {
+            Ok(_) | Err(VerifyError::NoMatchingSignature) => Some(0),
+            Err(VerifyError::TimestampTooOld { age_secs }) => Some(i128::from(age_secs)),
+            Err(VerifyError::TimestampTooNew { ahead_secs }) => Some(-i128::from(ahead_secs)),
+            Err(VerifyError::MissingSignature) => {
+                println!("FAILED  signature header: empty [signature_missing]");
+                failed = failed.or(Some("signature_missing"));
+                None
             }
-            Err(reason) => {
+            Err(VerifyError::MalformedSignature(reason)) => {
                 println!("FAILED  signature header: {reason} [signature_malformed]");
                 failed = failed.or(Some("signature_malformed"));
                 None
             }
+            Err(other) => return Err(format!("unexpected: {other}")),
         };
+        let header = age.inspect(|age| {
+            let signatures = self
+                .header
+                .split(',')
+                .filter_map(|element| element.split_once('='))
+                .filter(|(key, mac)| {
+                    let mac = mac.trim_matches([' ', '\t']);
+                    key.trim_matches([' ', '\t']) == "v1"
+                        && mac.len() == 64
+                        && mac.bytes().all(|b| b.is_ascii_hexdigit())
+                })
+                .count();
+            println!(
+                "ok      signature header: t={}, {signatures} v1 signature(s)",
+                i128::from(now) - age
+            );
+        });
 
-        if let Some(header) = &header {
-            let age = i128::from(now) - i128::from(header.timestamp());
+        if let Some(age) = header {
             let within = age.unsigned_abs() <= u128::from(self.tolerance);
             let when = if age >= 0 {
                 format!("{age} s before now")

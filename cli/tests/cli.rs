@@ -1,6 +1,6 @@
 //! The `cariosan-webhooks` command, driven as a process.
-#![cfg(feature = "cli")]
 
+#[path = "../../tests/common/mod.rs"]
 mod common;
 
 use std::io::{BufRead, BufReader, Write};

@@ -1,0 +1,121 @@
+use std::sync::Arc;
+use std::time::Duration;
+
+use tower_layer::Layer;
+
+use super::service::VerificationService;
+use crate::protocol::MAX_BODY_LEN;
+use crate::verify::{Clock, ConfigError, Secret, Verifier};
+
+/// The largest body accepted by default: 1 MiB, the protocol's maximum.
+pub const DEFAULT_BODY_LIMIT: usize = MAX_BODY_LEN;
+
+/// How long a body may take to arrive by default.
+pub const DEFAULT_BODY_TIMEOUT: Duration = Duration::from_secs(30);
+
+/// A [`Layer`] that lets through only signed, well-formed deliveries, each
+/// with a [`VerifiedDelivery`](crate::VerifiedDelivery) extension. See the
+/// [module docs](crate::verification) for what it checks, in which order.
+///
+/// Cheap to clone: the configuration is shared.
+#[derive(Clone, Debug)]
+#[must_use]
+pub struct VerificationLayer {
+    pub(crate) config: Arc<VerifyConfig>,
+}
+
+#[derive(Clone, Debug)]
+pub(crate) struct VerifyConfig {
+    pub(crate) verifier: Verifier,
+    pub(crate) body_limit: usize,
+    pub(crate) body_timeout: Duration,
+}
+
+impl VerificationLayer {
+    /// A layer that verifies with `secret`.
+    ///
+    /// # Panics
+    ///
+    /// If `secret` is empty: a configuration error, found at start-up rather
+    /// than as a 401 on every delivery. [`try_new`](Self::try_new) returns it.
+    pub fn new(secret: impl AsRef<[u8]>) -> Self {
+        Self::try_new(secret).unwrap_or_else(|e| panic!("{e}"))
+    }
+
+    /// A layer that verifies with `secret`, or an error if it is empty.
+    pub fn try_new(secret: impl AsRef<[u8]>) -> Result<Self, ConfigError> {
+        Verifier::new(secret).map(Self::from_verifier)
+    }
+
+    /// A layer around a configured [`Verifier`].
+    pub fn from_verifier(verifier: Verifier) -> Self {
+        Self {
+            config: Arc::new(VerifyConfig {
+                verifier,
+                body_limit: DEFAULT_BODY_LIMIT,
+                body_timeout: DEFAULT_BODY_TIMEOUT,
+            }),
+        }
+    }
+
+    fn config_mut(&mut self) -> &mut VerifyConfig {
+        Arc::make_mut(&mut self.config)
+    }
+
+    /// Also accepts deliveries signed with `secret`, for rolling secrets
+    /// without downtime.
+    ///
+    /// # Panics
+    ///
+    /// If `secret` is empty, like [`new`](Self::new).
+    pub fn secret(mut self, secret: impl AsRef<[u8]>) -> Self {
+        let secret = Secret::new(secret).unwrap_or_else(|e| panic!("{e}"));
+        let config = self.config_mut();
+        config.verifier = config.verifier.clone().with_secret(secret);
+        self
+    }
+
+    /// How far the signature's timestamp may be from now, either way
+    /// (default 300 s).
+    pub fn tolerance(mut self, tolerance: Duration) -> Self {
+        let config = self.config_mut();
+        config.verifier = config.verifier.clone().tolerance(tolerance);
+        self
+    }
+
+    /// Where "now" comes from (default: the system clock).
+    pub fn clock(mut self, clock: impl Clock) -> Self {
+        let config = self.config_mut();
+        config.verifier = config.verifier.clone().clock(clock);
+        self
+    }
+
+    /// The largest body accepted, in bytes (default 1 MiB).
+    pub fn body_limit(mut self, limit: usize) -> Self {
+        self.config_mut().body_limit = limit;
+        self
+    }
+
+    /// How long the whole body may take to arrive (default 30 s); a slower
+    /// client is answered `408`.
+    pub fn body_timeout(mut self, timeout: Duration) -> Self {
+        self.config_mut().body_timeout = timeout;
+        self
+    }
+
+    /// The verifier this layer uses.
+    pub fn verifier(&self) -> &Verifier {
+        &self.config.verifier
+    }
+}
+
+impl<S> Layer<S> for VerificationLayer {
+    type Service = VerificationService<S>;
+
+    fn layer(&self, inner: S) -> Self::Service {
+        VerificationService {
+            inner,
+            config: self.config.clone(),
+        }
+    }
+}

@@ -1,0 +1,114 @@
+//! What the verification layer answers instead of passing a request on.
+
+use std::fmt;
+
+use http::{header, HeaderValue, Response, StatusCode};
+
+use crate::response::{answer, BytesBody};
+use crate::verify::DeliveryError;
+
+/// Why the verification layer refused a request: it is not a signed,
+/// well-formed Cariosan delivery. Nothing behind the layer saw it.
+///
+/// Each variant has a fixed [`status`](Self::status) and
+/// [`code`](Self::code); the response body is the code alone.
+#[derive(Debug)]
+#[non_exhaustive]
+pub enum Rejection {
+    /// Not a `POST`. `405 method_not_allowed`, with `Allow: POST`.
+    MethodNotAllowed,
+    /// The body has a `Content-Encoding`: the signature covers the bytes as
+    /// sent, which the protocol never encodes.
+    /// `415 content_encoding_unsupported`.
+    UnsupportedEncoding,
+    /// The body is over the limit. `413 body_too_large`.
+    BodyTooLarge,
+    /// The body did not arrive within the read timeout. `408 body_timeout`.
+    BodyTimeout,
+    /// Reading the body failed (the client went away, say).
+    /// `400 body_read_failed`.
+    BodyReadFailed,
+    /// The headers, the signature or the envelope did not verify: `400` or
+    /// `401` with the [`DeliveryError::code`].
+    Delivery(DeliveryError),
+}
+
+impl Rejection {
+    /// The HTTP status of the answer.
+    pub fn status(&self) -> StatusCode {
+        match self {
+            Self::MethodNotAllowed => StatusCode::METHOD_NOT_ALLOWED,
+            Self::UnsupportedEncoding => StatusCode::UNSUPPORTED_MEDIA_TYPE,
+            Self::BodyTooLarge => StatusCode::PAYLOAD_TOO_LARGE,
+            Self::BodyTimeout => StatusCode::REQUEST_TIMEOUT,
+            Self::BodyReadFailed => StatusCode::BAD_REQUEST,
+            Self::Delivery(error) => {
+                StatusCode::from_u16(error.status_code()).unwrap_or(StatusCode::BAD_REQUEST)
+            }
+        }
+    }
+
+    /// A short, stable, machine-readable code: the whole response body.
+    pub fn code(&self) -> &'static str {
+        match self {
+            Self::MethodNotAllowed => "method_not_allowed",
+            Self::UnsupportedEncoding => "content_encoding_unsupported",
+            Self::BodyTooLarge => "body_too_large",
+            Self::BodyTimeout => "body_timeout",
+            Self::BodyReadFailed => "body_read_failed",
+            Self::Delivery(error) => error.code(),
+        }
+    }
+
+    /// The body of the answer: the code.
+    pub fn body_text(&self) -> &'static str {
+        self.code()
+    }
+
+    /// The answer as an HTTP response: the status, the code as
+    /// `text/plain`, and `Allow: POST` on a 405.
+    pub fn to_response(&self) -> Response<BytesBody> {
+        let mut response = answer(self.status(), self.code(), None);
+        if matches!(self, Self::MethodNotAllowed) {
+            response
+                .headers_mut()
+                .insert(header::ALLOW, HeaderValue::from_static("POST"));
+        }
+        response
+    }
+}
+
+impl fmt::Display for Rejection {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Self::MethodNotAllowed => f.write_str("Failed to accept the delivery: not a POST"),
+            Self::UnsupportedEncoding => {
+                f.write_str("Failed to accept the delivery: the body has a content encoding")
+            }
+            Self::BodyTooLarge => f.write_str("Failed to read the body: it is over the limit"),
+            Self::BodyTimeout => f.write_str("Failed to read the body in time"),
+            Self::BodyReadFailed => f.write_str("Failed to read the body"),
+            Self::Delivery(error) => fmt::Display::fmt(error, f),
+        }
+    }
+}
+
+impl std::error::Error for Rejection {
+    fn source(&self) -> Option<&(dyn std::error::Error + 'static)> {
+        // `Delivery` shows its error in `Display` already.
+        None
+    }
+}
+
+impl From<DeliveryError> for Rejection {
+    fn from(error: DeliveryError) -> Self {
+        Self::Delivery(error)
+    }
+}
+
+#[cfg(feature = "axum")]
+impl axum_core::response::IntoResponse for Rejection {
+    fn into_response(self) -> axum_core::response::Response {
+        self.to_response().map(axum_core::body::Body::new)
+    }
+}

@@ -1,0 +1,177 @@
+use std::sync::Arc;
+use std::task::{Context, Poll};
+
+use bytes::Bytes;
+use http::{header, Method, Request, Response};
+use http_body::Body;
+use http_body_util::{BodyExt, LengthLimitError, Limited};
+use tower_service::Service;
+use tracing::{field, Instrument, Span};
+
+use super::layer::VerifyConfig;
+use super::rejection::Rejection;
+use crate::future::ResponseFuture;
+use crate::response::{code_of, own, BytesBody, ResponseBody};
+use crate::verify::DeliveryHeaders;
+
+type BoxError = Box<dyn std::error::Error + Send + Sync>;
+
+/// The [`Service`] made by [`VerificationLayer`](super::VerificationLayer).
+///
+/// The inner service receives only verified requests: a
+/// `Request<`[`BytesBody`]`>` holding the raw body, with a
+/// [`VerifiedDelivery`] extension holding the parsed envelope.
+#[derive(Clone, Debug)]
+pub struct VerificationService<S> {
+    pub(crate) inner: S,
+    pub(crate) config: Arc<VerifyConfig>,
+}
+
+crate::macros::accessors!(VerificationService);
+
+impl<S, ReqBody, ResBody> Service<Request<ReqBody>> for VerificationService<S>
+where
+    S: Service<Request<BytesBody>, Response = Response<ResBody>> + Clone + Send + 'static,
+    S::Future: Send + 'static,
+    S::Error: Send + 'static,
+    ReqBody: Body + Send + 'static,
+    ReqBody::Data: Send,
+    ReqBody::Error: Into<BoxError>,
+    ResBody: Send + 'static,
+{
+    type Response = Response<ResponseBody<ResBody>>;
+    type Error = S::Error;
+    type Future = ResponseFuture<ResBody, S::Error>;
+
+    fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), Self::Error>> {
+        self.inner.poll_ready(cx)
+    }
+
+    fn call(&mut self, request: Request<ReqBody>) -> Self::Future {
+        let span = tracing::info_span!(
+            "cariosan_webhook",
+            delivery_id = field::Empty,
+            event_type = field::Empty,
+            attempt = field::Empty,
+            status = field::Empty,
+            outcome = field::Empty,
+        );
+        if let Err(rejection) = span.in_scope(|| check_request(&request, &self.config)) {
+            return ResponseFuture::ready(own(span.in_scope(|| reject(&rejection))));
+        }
+        // The service that was polled ready is the one to call; a fresh
+        // clone stays behind for the next request.
+        let clone = self.inner.clone();
+        let inner = std::mem::replace(&mut self.inner, clone);
+        let config = self.config.clone();
+        ResponseFuture::running(Box::pin(
+            verify_and_call(inner, config, request).instrument(span),
+        ))
+    }
+}
+
+async fn verify_and_call<S, ReqBody, ResBody>(
+    mut inner: S,
+    config: Arc<VerifyConfig>,
+    request: Request<ReqBody>,
+) -> Result<Response<ResponseBody<ResBody>>, S::Error>
+where
+    S: Service<Request<BytesBody>, Response = Response<ResBody>>,
+    ReqBody: Body,
+    ReqBody::Error: Into<BoxError>,
+{
+    let (mut parts, body) = request.into_parts();
+    let bytes = match read_body(body, &config).await {
+        Ok(bytes) => bytes,
+        Err(rejection) => return Ok(own(reject(&rejection))),
+    };
+    let verified = DeliveryHeaders::from_header_map(&parts.headers)
+        .and_then(|headers| config.verifier.verify_delivery(&headers, &bytes));
+    let delivery = match verified {
+        Ok(delivery) => delivery,
+        Err(error) => return Ok(own(reject(&Rejection::Delivery(error)))),
+    };
+    if let Some(malformed) = delivery.malformed() {
+        tracing::error!(error = %malformed.error(), "event data does not fit the model");
+    }
+    parts.extensions.insert(delivery);
+    let response = inner
+        .call(Request::from_parts(parts, BytesBody::from(bytes)))
+        .await?;
+    let status = response.status().as_u16();
+    let outcome = code_of(&response).unwrap_or(if response.status().is_success() {
+        "handled"
+    } else {
+        "failed"
+    });
+    record(status, outcome);
+    tracing::info!(status, outcome, "delivery answered");
+    Ok(response.map(ResponseBody::inner))
+}
+
+/// Reads the body within the limit and the timeout.
+async fn read_body<B>(body: B, config: &VerifyConfig) -> Result<Bytes, Rejection>
+where
+    B: Body,
+    B::Error: Into<BoxError>,
+{
+    let collected = tokio::time::timeout(
+        config.body_timeout,
+        Limited::new(body, config.body_limit).collect(),
+    )
+    .await;
+    match collected {
+        Err(_elapsed) => Err(Rejection::BodyTimeout),
+        Ok(Err(error)) if error.is::<LengthLimitError>() => Err(Rejection::BodyTooLarge),
+        Ok(Err(_)) => Err(Rejection::BodyReadFailed),
+        Ok(Ok(collected)) => Ok(collected.to_bytes()),
+    }
+}
+
+/// Records the answer on the delivery's span.
+fn record(status: u16, outcome: &str) {
+    let span = Span::current();
+    span.record("status", status);
+    span.record("outcome", outcome);
+}
+
+/// Logs a rejection on the delivery's span and builds its response.
+fn reject(rejection: &Rejection) -> Response<BytesBody> {
+    record(rejection.status().as_u16(), rejection.code());
+    tracing::warn!(code = rejection.code(), "delivery rejected: {rejection}");
+    rejection.to_response()
+}
+
+/// Everything that can be checked before reading the body, in order.
+fn check_request<B: Body>(request: &Request<B>, config: &VerifyConfig) -> Result<(), Rejection> {
+    if request.method() != Method::POST {
+        return Err(Rejection::MethodNotAllowed);
+    }
+    let headers = request.headers();
+    let delivery = DeliveryHeaders::from_header_map(headers)?;
+    let span = Span::current();
+    if crate::protocol::is_valid_delivery_id(delivery.delivery_id) {
+        span.record("delivery_id", delivery.delivery_id);
+    }
+    if crate::protocol::is_valid_event_type(delivery.event_type) {
+        span.record("event_type", delivery.event_type);
+    }
+    if let Some(attempt) = delivery.attempt {
+        span.record("attempt", attempt);
+    }
+    delivery.check()?;
+    if headers
+        .get(header::CONTENT_ENCODING)
+        .is_some_and(|encoding| !encoding.as_bytes().eq_ignore_ascii_case(b"identity"))
+    {
+        return Err(Rejection::UnsupportedEncoding);
+    }
+    let declared = headers
+        .get(header::CONTENT_LENGTH)
+        .and_then(|v| v.to_str().ok()?.parse::<u64>().ok());
+    let limit = config.body_limit as u64;
+    if declared.is_some_and(|len| len > limit) || request.body().size_hint().lower() > limit {
+        return Err(Rejection::BodyTooLarge);
+    }
+    Ok(())
+}
