@@ -387,7 +387,9 @@ fn layer() -> axum::Router {
         std::hint::black_box(&event.message.mentions);
         Ok(())
     });
-    axum::Router::new()
-        .route("/webhooks/cariosan", axum::routing::post_service(webhooks))
-        .layer(cariosan_webhooks::CariosanWebhookLayer::new(SECRET))
+    axum::Router::new().route(
+        "/webhooks/cariosan",
+        axum::routing::post_service(webhooks)
+            .layer(cariosan_webhooks::CariosanWebhookLayer::new(SECRET)),
+    )
 }

@@ -22,12 +22,10 @@ const SECRET: &str = "whsec_DEMO_ONLY_not_a_real_secret_0000";
 #[tokio::main]
 async fn main() -> Result<(), Box<dyn std::error::Error>> {
     let report: support::Report = Arc::new(|line| println!("  {line}"));
-    let app = Router::new()
-        .route(
-            "/webhooks/cariosan",
-            post_service(support::webhooks(report, None)),
-        )
-        .layer(CariosanWebhookLayer::new(SECRET));
+    let app = Router::new().route(
+        "/webhooks/cariosan",
+        post_service(support::webhooks(report, None)).layer(CariosanWebhookLayer::new(SECRET)),
+    );
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
     let addr = listener.local_addr()?;
     tokio::spawn(async move { axum::serve(listener, app).await });

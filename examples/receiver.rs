@@ -64,12 +64,10 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
     }
     layer = with_store(layer).await?;
     let shutdown = layer.shutdown_handle();
-    let app = Router::new()
-        .route(
-            "/webhooks/cariosan",
-            post_service(support::webhooks(report, delay)),
-        )
-        .layer(layer);
+    let app = Router::new().route(
+        "/webhooks/cariosan",
+        post_service(support::webhooks(report, delay)).layer(layer),
+    );
 
     let listener = tokio::net::TcpListener::bind(&addr).await?;
     tracing::info!(

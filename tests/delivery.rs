@@ -73,9 +73,10 @@ fn webhooks(counts: &Arc<Counts>) -> Webhooks {
 
 async fn receiver(layer: CariosanWebhookLayer) -> (SocketAddr, Arc<Counts>) {
     let counts = Arc::new(Counts::default());
-    let app = Router::new()
-        .route("/webhooks/cariosan", post_service(webhooks(&counts)))
-        .layer(layer);
+    let app = Router::new().route(
+        "/webhooks/cariosan",
+        post_service(webhooks(&counts)).layer(layer),
+    );
     (serve(app).await, counts)
 }
 

@@ -10,6 +10,7 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+use axum::routing::post_service;
 use axum::Router;
 use cariosan_webhooks::CariosanWebhookLayer;
 use common::*;
@@ -26,9 +27,13 @@ struct Server {
 
 async fn server() -> Server {
     let (webhooks, runs) = counting_webhooks();
-    let app = Router::new()
-        .route_service("/webhooks/cariosan", webhooks)
-        .layer(CariosanWebhookLayer::new(SECRET).body_timeout(Duration::from_secs(1)));
+    // Mounted the documented way: the layer guards the webhook route, and
+    // wraps its method fallback too, so a GET gets the layer's own 405.
+    let app = Router::new().route(
+        "/webhooks/cariosan",
+        post_service(webhooks)
+            .layer(CariosanWebhookLayer::new(SECRET).body_timeout(Duration::from_secs(1))),
+    );
     Server {
         addr: serve(app).await,
         runs,

@@ -66,9 +66,10 @@ fn webhooks(log: &Log) -> Webhooks {
 }
 
 fn app(log: &Log, layer: CariosanWebhookLayer) -> Router {
-    Router::new()
-        .route("/webhooks/cariosan", post_service(webhooks(log)))
-        .layer(layer)
+    Router::new().route(
+        "/webhooks/cariosan",
+        post_service(webhooks(log)).layer(layer),
+    )
 }
 
 async fn receiver() -> (std::net::SocketAddr, Log) {
@@ -330,9 +331,10 @@ async fn unknown_event_types_are_acknowledged_and_reach_on_unknown() {
     assert_eq!(entries(&log), [r#"unknown poll.closed {"poll":"p1"}"#]);
 
     // With no on_unknown handler, still acknowledged.
-    let plain = Router::new()
-        .route("/webhooks/cariosan", post_service(Webhooks::new()))
-        .layer(CariosanWebhookLayer::new(SECRET));
+    let plain = Router::new().route(
+        "/webhooks/cariosan",
+        post_service(Webhooks::new()).layer(CariosanWebhookLayer::new(SECRET)),
+    );
     let addr = serve(plain).await;
     let reply = send_signed(addr, "evt_new1", "poll.closed", body).await;
     assert_eq!((reply.status, reply.body.as_str()), (200, "ignored"));
@@ -388,9 +390,10 @@ async fn several_handlers_for_one_type_all_run_in_registration_order() {
                 Ok(())
             }
         });
-    let app = Router::new()
-        .route("/webhooks/cariosan", post_service(webhooks))
-        .layer(CariosanWebhookLayer::new(SECRET));
+    let app = Router::new().route(
+        "/webhooks/cariosan",
+        post_service(webhooks).layer(CariosanWebhookLayer::new(SECRET)),
+    );
     let addr = serve(app).await;
     assert_eq!(send_signed(addr, ID, TYPE, &body()).await.status, 200);
     assert_eq!(entries(&log), ["first", "second attempt Some(1)"]);
@@ -421,9 +424,10 @@ async fn malformed_data_is_500_unless_on_malformed_takes_it() {
             Ok(())
         }
     });
-    let app = Router::new()
-        .route("/webhooks/cariosan", post_service(webhooks))
-        .layer(CariosanWebhookLayer::new(SECRET));
+    let app = Router::new().route(
+        "/webhooks/cariosan",
+        post_service(webhooks).layer(CariosanWebhookLayer::new(SECRET)),
+    );
     let addr = serve(app).await;
     let reply = send_signed(addr, ID, TYPE, &body).await;
     assert_eq!((reply.status, reply.body.as_str()), (200, "handled"));
@@ -458,17 +462,16 @@ async fn a_route_without_the_layer_refuses_even_a_validly_signed_delivery() {
 
 #[tokio::test]
 async fn the_extractor_yields_the_verified_event() {
-    let app = Router::new()
-        .route(
-            "/webhooks/cariosan",
-            post(|VerifiedEvent(envelope): VerifiedEvent| async move {
-                match envelope.event {
-                    Event::MessageCreated(created) => created.message.content.clone(),
-                    _ => "other".to_owned(),
-                }
-            }),
-        )
-        .layer(CariosanWebhookLayer::new(SECRET));
+    let app = Router::new().route(
+        "/webhooks/cariosan",
+        post(|VerifiedEvent(envelope): VerifiedEvent| async move {
+            match envelope.event {
+                Event::MessageCreated(created) => created.message.content.clone(),
+                _ => "other".to_owned(),
+            }
+        })
+        .layer(CariosanWebhookLayer::new(SECRET)),
+    );
     let addr = serve(app).await;
     let reply = send_signed(addr, ID, TYPE, &body()).await;
     assert_eq!(
@@ -481,9 +484,10 @@ async fn the_extractor_yields_the_verified_event() {
 
 #[tokio::test]
 async fn wrong_method_is_405_where_the_router_does_not_answer_it() {
-    let app = Router::new()
-        .route_service("/webhooks/cariosan", Webhooks::new())
-        .layer(CariosanWebhookLayer::new(SECRET));
+    let app = Router::new().route_service(
+        "/webhooks/cariosan",
+        tower::Layer::layer(&CariosanWebhookLayer::new(SECRET), Webhooks::new()),
+    );
     let addr = serve(app).await;
     let reply = raw(
         addr,

@@ -49,17 +49,16 @@ async fn logs_carry_the_delivery_and_never_the_body_secret_or_mac() {
         .finish();
     let _guard = tracing::subscriber::set_default(subscriber);
 
-    let app = Router::new()
-        .route(
-            "/webhooks/cariosan",
-            post_service(Webhooks::new().on_message_created(|event| async move {
-                if event.message.content.contains("fail") {
-                    return Err(HandlerError::msg("storage unavailable"));
-                }
-                Ok(())
-            })),
-        )
-        .layer(CariosanWebhookLayer::new(SECRET));
+    let app = Router::new().route(
+        "/webhooks/cariosan",
+        post_service(Webhooks::new().on_message_created(|event| async move {
+            if event.message.content.contains("fail") {
+                return Err(HandlerError::msg("storage unavailable"));
+            }
+            Ok(())
+        }))
+        .layer(CariosanWebhookLayer::new(SECRET)),
+    );
 
     let id = "evt_01JDB7Q3KX2W9V0M4T8R6N5P1A";
     let body = fixture("events/message.created.json");

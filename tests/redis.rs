@@ -84,9 +84,10 @@ async fn a_redis_outage_is_503_and_the_delivery_succeeds_once_redis_returns() {
     let mut redis = RedisServer::start();
     let (webhooks, runs) = counting_webhooks();
     let store = RedisStore::connect(&redis.url()).await.unwrap();
-    let app = Router::new()
-        .route("/webhooks/cariosan", post_service(webhooks))
-        .layer(CariosanWebhookLayer::new(SECRET).store(store));
+    let app = Router::new().route(
+        "/webhooks/cariosan",
+        post_service(webhooks).layer(CariosanWebhookLayer::new(SECRET).store(store)),
+    );
     let addr = serve(app).await;
     let id = "evt_01JDB7Q3KX2W9V0M4T8R6N5P1A";
     let body = fixture("events/message.created.json");

@@ -52,9 +52,11 @@ fn check(report: &common::simulation::Report, tally: &Tally) {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn ten_thousand_deliveries_against_the_in_memory_store() {
     let tally = Arc::new(Tally::default());
-    let app = Router::new()
-        .route("/webhooks/cariosan", post_service(webhooks(tally.clone())))
-        .layer(CariosanWebhookLayer::new(SECRET).handler_budget(BUDGET));
+    let app = Router::new().route(
+        "/webhooks/cariosan",
+        post_service(webhooks(tally.clone()))
+            .layer(CariosanWebhookLayer::new(SECRET).handler_budget(BUDGET)),
+    );
     let addr = serve(app).await;
     let report = deliver_all(&[addr], tally.clone(), DELIVERIES, 64).await;
     check(&report, &tally);
@@ -71,13 +73,14 @@ async fn ten_thousand_deliveries_against_two_replicas_sharing_redis() {
             .await
             .unwrap()
             .prefix("sim:");
-        let app = Router::new()
-            .route("/webhooks/cariosan", post_service(webhooks(tally.clone())))
-            .layer(
+        let app = Router::new().route(
+            "/webhooks/cariosan",
+            post_service(webhooks(tally.clone())).layer(
                 CariosanWebhookLayer::new(SECRET)
                     .handler_budget(BUDGET)
                     .store(store),
-            );
+            ),
+        );
         replicas.push(serve(app).await);
     }
     let report = deliver_all(&replicas, tally.clone(), DELIVERIES, 64).await;

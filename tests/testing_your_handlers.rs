@@ -1,17 +1,78 @@
 //! How to test your own webhook handlers: copy this file. It uses only the
-//! public test kit (feature `test-util`) and drives the application's
-//! `Router` with `oneshot`: no network, no real Cariosan.
+//! public test kit (feature `test-util`): a handler function called
+//! directly with a `Delivery` the kit builds, the dispatcher called without
+//! HTTP, and the application's `Router` driven with `oneshot`. No network,
+//! no real Cariosan.
 #![cfg(feature = "test-util")]
 
 use std::sync::{Arc, Mutex};
 
 use axum::routing::post_service;
 use axum::Router;
-use cariosan_webhooks::test_util::{samples, FixedClock, TestDelivery};
-use cariosan_webhooks::{CariosanWebhookLayer, HandlerError, Webhooks};
+use cariosan_webhooks::model::MessageCreated;
+use cariosan_webhooks::test_util::{delivery, samples, FixedClock, TestDelivery};
+use cariosan_webhooks::{
+    CariosanWebhookLayer, Delivery, HandlerError, HandlerResult, Outcome, Webhooks,
+};
 use tower::ServiceExt;
 
 const SECRET: &str = "whsec_test";
+
+/// A handler as an application writes it: a plain async function.
+async fn refuse_blocked_senders(event: Delivery<MessageCreated>) -> HandlerResult {
+    match &event.message.sender {
+        Some(sender) if sender.external_id == "user_blocked" => {
+            Err(HandlerError::give_up("a blocked sender"))
+        }
+        Some(_) => Ok(()),
+        None => Err(HandlerError::msg("a message with no sender")),
+    }
+}
+
+#[tokio::test]
+async fn a_handler_function_called_directly_with_a_test_delivery() {
+    assert!(
+        refuse_blocked_senders(delivery(samples::message_created_reply()))
+            .await
+            .is_ok()
+    );
+
+    let mut blocked: Delivery<MessageCreated> = delivery(samples::message_created_reply());
+    assert_eq!(blocked.attempt, Some(1));
+    blocked.attempt = Some(4);
+    let mut envelope = samples::message_created_reply();
+    let cariosan_webhooks::model::Event::MessageCreated(created) = &mut envelope.event else {
+        unreachable!()
+    };
+    std::sync::Arc::make_mut(created)
+        .message
+        .sender
+        .as_mut()
+        .unwrap()
+        .external_id = "user_blocked".into();
+    let error = refuse_blocked_senders(delivery(envelope))
+        .await
+        .unwrap_err();
+    assert!(error.is_give_up(), "{error}");
+
+    let system = refuse_blocked_senders(delivery(samples::message_created_system())).await;
+    assert_eq!(system.unwrap_err().to_string(), "a message with no sender");
+}
+
+#[tokio::test]
+async fn the_dispatcher_called_without_http() {
+    let webhooks = Webhooks::new().on_message_created(refuse_blocked_senders);
+    let verified = TestDelivery::event(samples::message_created_reply())
+        .attempt(2)
+        .verify()
+        .unwrap();
+    assert_eq!(verified.attempt(), Some(2));
+    assert!(matches!(webhooks.handle(&verified).await, Outcome::Handled));
+    let forged = TestDelivery::event(samples::message_created_reply())
+        .delivery_id("evt_other")
+        .verify();
+    assert_eq!(forged.unwrap_err().code(), "envelope_mismatch");
+}
 
 /// The application under test: it records who was mentioned in each
 /// message, and refuses messages from a blocked sender.
@@ -32,9 +93,10 @@ fn app(mentioned: Arc<Mutex<Vec<String>>>) -> Router {
             Ok(())
         }
     });
-    Router::new()
-        .route("/webhooks/cariosan", post_service(webhooks))
-        .layer(CariosanWebhookLayer::new(SECRET))
+    Router::new().route(
+        "/webhooks/cariosan",
+        post_service(webhooks).layer(CariosanWebhookLayer::new(SECRET)),
+    )
 }
 
 #[tokio::test]
@@ -86,9 +148,11 @@ async fn a_request_signed_with_another_secret_is_refused() {
 #[tokio::test]
 async fn verification_as_of_a_fixed_time() {
     // Sign at a fixed moment and verify "as of" a fixed clock: no wall time.
-    let app = Router::new()
-        .route("/webhooks/cariosan", post_service(Webhooks::new()))
-        .layer(CariosanWebhookLayer::new(SECRET).clock(FixedClock(1_795_000_000)));
+    let app = Router::new().route(
+        "/webhooks/cariosan",
+        post_service(Webhooks::new())
+            .layer(CariosanWebhookLayer::new(SECRET).clock(FixedClock(1_795_000_000))),
+    );
     let at = |t: i64| {
         TestDelivery::event(samples::webhook_ping())
             .secret(SECRET)
@@ -122,20 +186,20 @@ async fn a_rotation_and_raw_fixture_bytes() {
     let request = TestDelivery::json(fixture)
         .secrets(["whsec_new", "whsec_old"])
         .into_request("/webhooks/cariosan");
-    let app = Router::new()
-        .route("/webhooks/cariosan", post_service(Webhooks::new()))
-        .layer(CariosanWebhookLayer::new("whsec_old"));
+    let app = Router::new().route(
+        "/webhooks/cariosan",
+        post_service(Webhooks::new()).layer(CariosanWebhookLayer::new("whsec_old")),
+    );
     assert_eq!(app.oneshot(request).await.unwrap().status(), 200);
 }
 
 #[tokio::test]
 async fn every_sample_is_accepted() {
-    let app = Router::new()
-        .route(
-            "/webhooks/cariosan",
-            post_service(Webhooks::new().on_any(|_| async { Ok(()) })),
-        )
-        .layer(CariosanWebhookLayer::new(SECRET));
+    let app = Router::new().route(
+        "/webhooks/cariosan",
+        post_service(Webhooks::new().on_any(|_| async { Ok(()) }))
+            .layer(CariosanWebhookLayer::new(SECRET)),
+    );
     for envelope in samples::all() {
         let event_type = envelope.event_type().to_owned();
         let request = TestDelivery::event(envelope)
