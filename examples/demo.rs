@@ -1,7 +1,8 @@
 //! The whole job in one command, with no setup: starts a receiver on a free
 //! port of 127.0.0.1, sends it a signed sample delivery of every event type,
-//! an event type it does not know, and forged, stale and tampered ones,
-//! prints what the handlers saw and what was rejected, and exits.
+//! an event type it does not know, a duplicate, a delivery whose handler
+//! asks for a later retry, and forged, stale and tampered ones, prints what
+//! the handlers saw and what was answered, and exits.
 //!
 //! ```text
 //! cargo run --example demo
@@ -12,19 +13,33 @@ mod support;
 use std::sync::Arc;
 use std::time::{SystemTime, UNIX_EPOCH};
 
+use std::time::Duration;
+
 use axum::routing::post_service;
 use axum::Router;
 use cariosan_webhooks::verify::{sign, Secret};
-use cariosan_webhooks::CariosanWebhookLayer;
+use cariosan_webhooks::{CariosanWebhookLayer, HandlerError, Webhooks};
 
 const SECRET: &str = "whsec_DEMO_ONLY_not_a_real_secret_0000";
 
 #[tokio::main]
 async fn main() -> Result<(), Box<dyn std::error::Error>> {
     let report: support::Report = Arc::new(|line| println!("  {line}"));
+    // Runs before the printing handlers: a CRM that is down on the first
+    // attempt of one delivery, so that it is retried and then handled.
+    let crm = Webhooks::new().on_message_created(|event| async move {
+        if event.id == "evt_demo_crm" && event.attempt == Some(1) {
+            return Err(HandlerError::retry_later(
+                Duration::from_secs(30),
+                "the CRM is down",
+            ));
+        }
+        Ok(())
+    });
     let app = Router::new().route(
         "/webhooks/cariosan",
-        post_service(support::webhooks(report, None)).layer(CariosanWebhookLayer::new(SECRET)),
+        post_service(support::webhooks_after(crm, report, None))
+            .layer(CariosanWebhookLayer::new(SECRET)),
     );
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
     let addr = listener.local_addr()?;
@@ -57,8 +72,39 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
     .await?;
     println!("poll.closed        evt_demo_poll -> {status} {answer}");
 
-    println!("\nforged, stale and tampered deliveries (no handler runs):");
+    println!("\nthe same delivery again, as Cariosan redelivers (nothing runs):");
     let (event_type, id, body) = support::samples()[0];
+    let signature = sign(std::slice::from_ref(&secret), id, now, body);
+    let (status, answer) = support::post(
+        addr,
+        &support::headers(id, event_type, 2, signature),
+        body.to_vec(),
+    )
+    .await?;
+    println!("{event_type:<18} {id} attempt 2 -> {status} {answer}");
+    let duplicate_ok = (status, answer.as_str()) == (200, "duplicate");
+
+    println!("\na handler asks for a later retry (the CRM is down), and the retry is handled:");
+    let crm_body = String::from_utf8(body.to_vec())?.replace(id, "evt_demo_crm");
+    let mut retried_ok = true;
+    for (attempt, expected) in [(1, (503, "retry_later")), (2, (200, "handled"))] {
+        let signature = sign(
+            std::slice::from_ref(&secret),
+            "evt_demo_crm",
+            now,
+            crm_body.as_bytes(),
+        );
+        let (status, answer) = support::post(
+            addr,
+            &support::headers("evt_demo_crm", event_type, attempt, signature),
+            crm_body.clone().into_bytes(),
+        )
+        .await?;
+        println!("{event_type:<18} evt_demo_crm attempt {attempt} -> {status} {answer}");
+        retried_ok &= (status, answer.as_str()) == expected;
+    }
+
+    println!("\nforged, stale and tampered deliveries (no handler runs):");
     let forger = Secret::new("whsec_attacker")?;
     let mut tampered = body.to_vec();
     tampered[60] ^= 0x01;
@@ -96,7 +142,7 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
         "\n{acknowledged} of {} sample deliveries acknowledged, {rejected} of 4 forgeries rejected",
         support::samples().len()
     );
-    if acknowledged != support::samples().len() || rejected != 4 {
+    if acknowledged != support::samples().len() || rejected != 4 || !duplicate_ok || !retried_ok {
         return Err("the demo did not go as expected".into());
     }
     Ok(())

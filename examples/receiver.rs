@@ -1,93 +1,131 @@
 //! The receiver a user deploys: verifies Cariosan deliveries on
-//! `POST /webhooks/cariosan` and prints one line per handler run,
-//! `handled <event type> <delivery id> <summary>` (a duplicate delivery runs
-//! nothing and prints nothing). Logs go to stderr.
+//! `POST /webhooks/cariosan`, answers `GET /healthz`, and prints one line
+//! per handler run, `handled <event type> <delivery id> <summary>` (a
+//! duplicate delivery runs nothing and prints nothing). Logs go to stderr,
+//! one `info` line per delivery.
 //!
 //! ```text
-//! CARIOSAN_WEBHOOK_SECRET=whsec_... CARIOSAN_WEBHOOK_ADDR=127.0.0.1:3000 \
+//! CARIOSAN_WEBHOOK_SECRET=whsec_... CARIOSAN_WEBHOOK_ADDR=0.0.0.0:3000 \
 //!     cargo run --example receiver
 //! ```
 //!
-//! With `REDIS_URL` set (and feature `redis`), delivery ids are claimed in
-//! Redis so that several replicas share one view; otherwise in memory.
-//! `CARIOSAN_WEBHOOK_LEASE_SECS` sets how long a claim outlives a crashed
-//! receiver (default 30), and `CARIOSAN_DEMO_DELAY_MS` makes every handler
-//! take that long, to watch the 9 s budget and Cariosan's retries at work.
-//! Ctrl-C stops accepting, lets running handlers finish for up to 9 s, and
-//! releases the claims of any it abandons.
+//! | variable | default | what it sets |
+//! |---|---|---|
+//! | `CARIOSAN_WEBHOOK_SECRET` | required, except on a loopback address (a labelled demo secret) | the signing secret |
+//! | `CARIOSAN_WEBHOOK_ADDR` | `127.0.0.1:3000` | where to listen |
+//! | `REDIS_URL` | unset: in memory | claim deliveries in Redis (feature `redis`), shared by replicas |
+//! | `CARIOSAN_WEBHOOK_LEASE_SECS` | 30 | how long a claim outlives a crashed receiver |
+//! | `CARIOSAN_WEBHOOK_MAX_RUN_SECS` | 300 | the hard limit of a run |
+//! | `CARIOSAN_WEBHOOK_HEADER_TIMEOUT_MS` | 10000 | how long a client may take to send its headers |
+//! | `CARIOSAN_WEBHOOK_MAX_CONNECTIONS` | 1024 | connections served at once |
+//! | `CARIOSAN_DEMO_DELAY_MS` | 0 | makes every handler take that long, to watch the budget and the retries |
+//!
+//! `SIGTERM` (a container's stop) or Ctrl-C stops accepting, lets running
+//! handlers finish for up to 9 s, and cancels the rest, freeing their
+//! deliveries for Cariosan's retry.
 
 mod support;
 
 use std::io::Write;
+use std::net::SocketAddr;
+use std::str::FromStr;
 use std::sync::Arc;
 use std::time::Duration;
 
-use axum::routing::post_service;
+use axum::routing::{get, post_service};
 use axum::Router;
 use cariosan_webhooks::CariosanWebhookLayer;
 use tracing_subscriber::EnvFilter;
 
-/// Used only when `CARIOSAN_WEBHOOK_SECRET` is unset, so that the example
-/// runs with no setup. Never deploy with it.
+/// Used only when `CARIOSAN_WEBHOOK_SECRET` is unset and the receiver
+/// listens on a loopback address, so that the example runs with no setup.
+/// Never deploy with it.
 const DEMO_SECRET: &str = "whsec_DEMO_ONLY_not_a_real_secret_0000";
 
+type Error = Box<dyn std::error::Error>;
+
+/// A variable parsed as `T`, or `None` when unset; an error when it does
+/// not parse, rather than a silent default.
+fn var<T: FromStr>(name: &str) -> Result<Option<T>, Error> {
+    match std::env::var(name) {
+        Err(_) => Ok(None),
+        Ok(text) => text
+            .trim()
+            .parse()
+            .map(Some)
+            .map_err(|_| format!("{name}={text:?} is not a valid value").into()),
+    }
+}
+
 #[tokio::main]
-async fn main() -> Result<(), Box<dyn std::error::Error>> {
+async fn main() -> Result<(), Error> {
     tracing_subscriber::fmt()
         .with_env_filter(
             EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info")),
         )
         .with_writer(std::io::stderr)
         .init();
-    let secret = std::env::var("CARIOSAN_WEBHOOK_SECRET").unwrap_or_else(|_| {
-        tracing::warn!("CARIOSAN_WEBHOOK_SECRET is unset: using the DEMO secret {DEMO_SECRET:?}; never deploy with it");
-        DEMO_SECRET.to_owned()
-    });
-    let addr =
-        std::env::var("CARIOSAN_WEBHOOK_ADDR").unwrap_or_else(|_| "127.0.0.1:3000".to_owned());
-
-    let delay = std::env::var("CARIOSAN_DEMO_DELAY_MS")
-        .ok()
-        .and_then(|ms| ms.parse().ok())
-        .map(Duration::from_millis);
+    let addr: SocketAddr = var("CARIOSAN_WEBHOOK_ADDR")?.unwrap_or(([127, 0, 0, 1], 3000).into());
+    let secret = match std::env::var("CARIOSAN_WEBHOOK_SECRET") {
+        Ok(secret) => secret,
+        Err(_) if addr.ip().is_loopback() => {
+            tracing::warn!("CARIOSAN_WEBHOOK_SECRET is unset: using the DEMO secret {DEMO_SECRET:?} on the loopback address {addr}; never deploy with it");
+            DEMO_SECRET.to_owned()
+        }
+        Err(_) => {
+            return Err(format!(
+                "CARIOSAN_WEBHOOK_SECRET is unset: refusing to listen on {addr} with the public demo secret (set the secret, or listen on 127.0.0.1)"
+            )
+            .into())
+        }
+    };
+    let delay = var::<u64>("CARIOSAN_DEMO_DELAY_MS")?.map(Duration::from_millis);
     let report: support::Report = Arc::new(|line| {
         let mut stdout = std::io::stdout().lock();
         let _ = writeln!(stdout, "{line}");
         let _ = stdout.flush();
     });
+
     let mut layer = CariosanWebhookLayer::try_new(secret)?;
-    if let Some(secs) = std::env::var("CARIOSAN_WEBHOOK_LEASE_SECS")
-        .ok()
-        .and_then(|s| s.parse().ok())
-    {
+    if let Some(secs) = var("CARIOSAN_WEBHOOK_LEASE_SECS")? {
         layer = layer.lease(Duration::from_secs(secs));
+    }
+    if let Some(secs) = var("CARIOSAN_WEBHOOK_MAX_RUN_SECS")? {
+        layer = layer.max_run_time(Duration::from_secs(secs));
     }
     layer = with_store(layer).await?;
     let shutdown = layer.shutdown_handle();
-    let app = Router::new().route(
-        "/webhooks/cariosan",
-        post_service(support::webhooks(report, delay)).layer(layer),
-    );
+    let app = Router::new()
+        .route(
+            "/webhooks/cariosan",
+            post_service(support::webhooks(report, delay)).layer(layer),
+        )
+        .route("/healthz", get(|| async { "ok" }));
 
-    let listener = tokio::net::TcpListener::bind(&addr).await?;
+    let mut limits = support::serve::Limits::default();
+    if let Some(ms) = var("CARIOSAN_WEBHOOK_HEADER_TIMEOUT_MS")? {
+        limits.header_read_timeout = Duration::from_millis(ms);
+    }
+    if let Some(max) = var("CARIOSAN_WEBHOOK_MAX_CONNECTIONS")? {
+        limits.max_connections = max;
+    }
+    let listener = tokio::net::TcpListener::bind(addr).await?;
     tracing::info!(
         "listening on http://{}/webhooks/cariosan",
         listener.local_addr()?
     );
-    axum::serve(listener, app)
-        .with_graceful_shutdown(async {
-            let _ = tokio::signal::ctrl_c().await;
-        })
-        .await?;
+    support::serve::serve(listener, app, limits, support::serve::stop_signal()).await;
     let drained = shutdown.drain(Duration::from_secs(9)).await;
-    tracing::info!(abandoned = drained.abandoned, "stopped");
+    tracing::info!(
+        abandoned = drained.abandoned,
+        stuck = drained.stuck,
+        "stopped"
+    );
     Ok(())
 }
 
 #[cfg(feature = "redis")]
-async fn with_store(
-    layer: CariosanWebhookLayer,
-) -> Result<CariosanWebhookLayer, Box<dyn std::error::Error>> {
+async fn with_store(layer: CariosanWebhookLayer) -> Result<CariosanWebhookLayer, Error> {
     Ok(match std::env::var("REDIS_URL") {
         Ok(url) => {
             tracing::info!("claiming deliveries in Redis");
@@ -98,9 +136,7 @@ async fn with_store(
 }
 
 #[cfg(not(feature = "redis"))]
-async fn with_store(
-    layer: CariosanWebhookLayer,
-) -> Result<CariosanWebhookLayer, Box<dyn std::error::Error>> {
+async fn with_store(layer: CariosanWebhookLayer) -> Result<CariosanWebhookLayer, Error> {
     if std::env::var_os("REDIS_URL").is_some() {
         return Err(
             "REDIS_URL is set, but this build has no Redis support: run with --features redis"

@@ -436,7 +436,11 @@ async fn a_handler_blocking_its_thread_does_not_hang_the_shutdown() {
     assert_eq!(answered, (200, "handled".into()));
     assert_eq!(
         backend.events(),
-        ["begin evt_blocked", "dropped evt_blocked", "finish evt_blocked Handled"]
+        [
+            "begin evt_blocked",
+            "dropped evt_blocked",
+            "finish evt_blocked Handled"
+        ]
     );
 }
 

@@ -65,3 +65,161 @@ async fn the_receiver_prints_one_line_per_handled_delivery() {
         "the forgery and the duplicate printed nothing, the unknown event one line: {line:?}"
     );
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn the_receiver_answers_health_checks_and_unknown_paths_beside_the_webhook() {
+    let receiver = ReceiverProcess::start(&[]);
+    let health = raw(
+        receiver.addr,
+        b"GET /healthz HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n",
+    )
+    .await;
+    assert_eq!((health.status, health.body.as_str()), (200, "ok"));
+    let unknown = raw(
+        receiver.addr,
+        b"GET /metrics-or-anything HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n",
+    )
+    .await;
+    assert_eq!(unknown.status, 404);
+    let get_hook = raw(
+        receiver.addr,
+        b"GET /webhooks/cariosan HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n",
+    )
+    .await;
+    assert_eq!(
+        (get_hook.status, get_hook.body.as_str()),
+        (405, "method_not_allowed")
+    );
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn sigterm_lets_the_running_handler_finish_then_the_receiver_exits() {
+    let mut receiver = ReceiverProcess::start(&[("CARIOSAN_DEMO_DELAY_MS", "1500")]);
+    let addr = receiver.addr;
+    let body = fixture("events/webhook.ping.json");
+    let id = "evt_01JDB844PINGPINGPINGPIN01";
+    let in_flight = tokio::spawn(async move { send_signed(addr, id, "webhook.ping", &body).await });
+    tokio::time::sleep(Duration::from_millis(400)).await;
+    receiver.terminate();
+    let reply = in_flight.await.unwrap();
+    assert_eq!((reply.status, reply.body.as_str()), (200, "handled"));
+    let line = receiver.line(Duration::from_secs(5)).unwrap();
+    assert!(
+        line.starts_with(&format!("handled webhook.ping {id} ")),
+        "{line:?}"
+    );
+    let status = tokio::task::block_in_place(|| receiver.wait_exit(Duration::from_secs(10)))
+        .expect("the receiver exits after SIGTERM");
+    assert!(status.success(), "{status}");
+    assert!(
+        std::net::TcpStream::connect(addr).is_err(),
+        "no longer listening"
+    );
+}
+
+#[test]
+fn the_receiver_refuses_the_demo_secret_on_an_address_others_can_reach() {
+    let output = std::process::Command::new(common::process::example_binary("receiver"))
+        .env_remove("CARIOSAN_WEBHOOK_SECRET")
+        .env("CARIOSAN_WEBHOOK_ADDR", "0.0.0.0:0")
+        .env("RUST_LOG", "warn")
+        .output()
+        .unwrap();
+    assert!(!output.status.success());
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(
+        stderr.contains("CARIOSAN_WEBHOOK_SECRET is unset: refusing to listen on 0.0.0.0:0"),
+        "{stderr}"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn the_receiver_starts_on_loopback_without_a_secret() {
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
+    let mut child = std::process::Command::new(common::process::example_binary("receiver"))
+        .env_remove("CARIOSAN_WEBHOOK_SECRET")
+        .env("CARIOSAN_WEBHOOK_ADDR", format!("127.0.0.1:{port}"))
+        .env("RUST_LOG", "error")
+        .stdout(std::process::Stdio::null())
+        .spawn()
+        .unwrap();
+    let started = std::time::Instant::now();
+    let mut up = false;
+    while started.elapsed() < Duration::from_secs(20) {
+        if std::net::TcpStream::connect(("127.0.0.1", port)).is_ok() {
+            up = true;
+            break;
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    let _ = child.kill();
+    let _ = child.wait();
+    assert!(up, "the receiver started with the demo secret on loopback");
+}
+
+/// Sends a request's first header lines, then one header byte every 200 ms;
+/// the half to read the server's end from.
+async fn drip(addr: std::net::SocketAddr) -> tokio::net::tcp::OwnedReadHalf {
+    use tokio::io::AsyncWriteExt;
+    let stream = tokio::net::TcpStream::connect(addr).await.unwrap();
+    let (read, mut write) = stream.into_split();
+    write
+        .write_all(b"POST /webhooks/cariosan HTTP/1.1\r\nHost: x\r\nX-Slow: ")
+        .await
+        .unwrap();
+    tokio::spawn(async move {
+        for _ in 0..50 {
+            tokio::time::sleep(Duration::from_millis(200)).await;
+            if write.write_all(b"a").await.is_err() {
+                break;
+            }
+        }
+    });
+    read
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_client_dripping_headers_is_disconnected_and_connections_are_bounded() {
+    use tokio::io::AsyncReadExt;
+    let receiver = ReceiverProcess::start(&[
+        ("CARIOSAN_WEBHOOK_HEADER_TIMEOUT_MS", "800"),
+        ("CARIOSAN_WEBHOOK_MAX_CONNECTIONS", "2"),
+    ]);
+    let started = std::time::Instant::now();
+    let mut slow = [drip(receiver.addr).await, drip(receiver.addr).await];
+    tokio::time::sleep(Duration::from_millis(100)).await;
+
+    // Both connections are taken: a third client waits until the header
+    // timeout frees one.
+    let body = fixture("events/webhook.ping.json");
+    let reply = send_signed(
+        receiver.addr,
+        "evt_01JDB844PINGPINGPINGPIN01",
+        "webhook.ping",
+        &body,
+    )
+    .await;
+    assert_eq!((reply.status, reply.body.as_str()), (200, "handled"));
+    let waited = started.elapsed();
+    assert!(
+        waited >= Duration::from_millis(700),
+        "served only once a dripping client was cut off: {waited:?}"
+    );
+
+    for stream in &mut slow {
+        let mut rest = Vec::new();
+        let read =
+            tokio::time::timeout(Duration::from_secs(5), stream.read_to_end(&mut rest)).await;
+        assert!(read.is_ok(), "the dripping client was disconnected");
+        let text = String::from_utf8_lossy(&rest);
+        assert!(
+            text.is_empty() || text.starts_with("HTTP/1.1 408"),
+            "{text:?}"
+        );
+    }
+    assert!(started.elapsed() < Duration::from_secs(5));
+}

@@ -2,6 +2,8 @@
 //! line per delivery, a tiny HTTP client, and the sample deliveries.
 #![allow(dead_code)]
 
+pub mod serve;
+
 use std::fmt::Write;
 use std::future::Future;
 use std::net::SocketAddr;
@@ -9,6 +11,9 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use cariosan_webhooks::model::{MembersChanged, Message, UserRef};
+use cariosan_webhooks::protocol::{
+    ATTEMPT_HEADER, DELIVERY_HEADER, EVENT_HEADER, SIGNATURE_HEADER,
+};
 use cariosan_webhooks::{Delivery, HandlerResult, Webhooks};
 use http_body_util::{BodyExt, Full};
 use hyper_util::rt::TokioIo;
@@ -94,6 +99,12 @@ fn message(message: &Message) -> String {
 /// handler runs reports exactly one line.
 /// `delay`, if any, makes every handler take that long first.
 pub fn webhooks(report: Report, delay: Option<Duration>) -> Webhooks {
+    webhooks_after(Webhooks::new(), report, delay)
+}
+
+/// The same handlers, registered after those `first` has: they run after
+/// them, and only if they succeed.
+pub fn webhooks_after(first: Webhooks, report: Report, delay: Option<Duration>) -> Webhooks {
     let r = report;
     let (r1, r2, r3, r4, r5, r6) = (
         r.clone(),
@@ -111,7 +122,7 @@ pub fn webhooks(report: Report, delay: Option<Duration>) -> Webhooks {
         r.clone(),
         r.clone(),
     );
-    Webhooks::new()
+    first
         .on_message_created(move |e| {
             handled(delay, &r1, &e, "message.created", message(&e.message))
         })
@@ -350,9 +361,9 @@ pub fn headers(
     vec![
         ("content-type", "application/json".into()),
         ("user-agent", "Cariosan-Webhook/1".into()),
-        ("x-cariosan-delivery", id.into()),
-        ("x-cariosan-event", event_type.into()),
-        ("x-cariosan-attempt", attempt.to_string()),
-        ("x-cariosan-signature", signature),
+        (DELIVERY_HEADER, id.into()),
+        (EVENT_HEADER, event_type.into()),
+        (ATTEMPT_HEADER, attempt.to_string()),
+        (SIGNATURE_HEADER, signature),
     ]
 }

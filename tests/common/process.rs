@@ -87,6 +87,27 @@ impl ReceiverProcess {
         self.lines.recv_timeout(timeout).ok()
     }
 
+    /// SIGTERM, as a container's stop sends.
+    pub fn terminate(&self) {
+        let status = Command::new("kill")
+            .args(["-TERM", &self.child.id().to_string()])
+            .status()
+            .unwrap();
+        assert!(status.success());
+    }
+
+    /// Waits up to `timeout` for the process to exit.
+    pub fn wait_exit(&mut self, timeout: Duration) -> Option<std::process::ExitStatus> {
+        let started = Instant::now();
+        while started.elapsed() < timeout {
+            if let Some(status) = self.child.try_wait().unwrap() {
+                return Some(status);
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        None
+    }
+
     /// SIGKILL: no shutdown, no cleanup.
     pub fn kill(&mut self) {
         let _ = self.child.kill();
