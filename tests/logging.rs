@@ -112,3 +112,39 @@ async fn logs_carry_the_delivery_and_never_the_body_secret_or_mac() {
         );
     }
 }
+
+#[tokio::test]
+async fn every_delivery_outcome_is_logged_at_info() {
+    let captured = Captured::default();
+    let writer = captured.clone();
+    let subscriber = tracing_subscriber::fmt()
+        .with_max_level(tracing::Level::INFO)
+        .with_writer(move || writer.clone())
+        .with_ansi(false)
+        .finish();
+    let _guard = tracing::subscriber::set_default(subscriber);
+    let app = Router::new().route(
+        "/webhooks/cariosan",
+        post_service(Webhooks::new().on_any(|_| async { Ok(()) }))
+            .layer(CariosanWebhookLayer::new(SECRET)),
+    );
+    let id = "evt_01JDB7Q3KX2W9V0M4T8R6N5P1A";
+    let body = fixture("events/message.created.json");
+    for _ in 0..2 {
+        let signature = independent_signature(SECRET, id, now(), &body);
+        let response = app
+            .clone()
+            .oneshot(request(id, "message.created", &signature, &body))
+            .await
+            .unwrap();
+        assert_eq!(response.status(), 200);
+    }
+    let logs = String::from_utf8(captured.0.lock().unwrap().clone()).unwrap();
+    let answered: Vec<&str> = logs
+        .lines()
+        .filter(|l| l.contains("INFO") && l.contains("delivery answered"))
+        .collect();
+    assert_eq!(answered.len(), 2, "{logs}");
+    assert!(answered[0].contains("outcome=\"handled\""), "{logs}");
+    assert!(answered[1].contains("outcome=\"duplicate\""), "{logs}");
+}

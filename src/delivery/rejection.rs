@@ -143,3 +143,43 @@ pub(crate) fn not_verified() -> Response<BytesBody> {
     );
     Rejection::NotVerified.to_response()
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn every_503_carries_retry_after_in_whole_seconds() {
+        let retry_after = Duration::from_millis(1500);
+        let cases = [
+            (
+                Rejection::DeliveryInProgress { retry_after },
+                "delivery_in_progress",
+            ),
+            (
+                Rejection::HandlerStillRunning { retry_after },
+                "handler_still_running",
+            ),
+            (Rejection::Overloaded { retry_after }, "overloaded"),
+            (Rejection::ShuttingDown { retry_after }, "shutting_down"),
+            (
+                Rejection::StoreUnavailable { retry_after },
+                "store_unavailable",
+            ),
+            (Rejection::RunCancelled { retry_after }, "run_cancelled"),
+        ];
+        for (rejection, code) in cases {
+            let response = rejection.to_response();
+            assert_eq!((response.status().as_u16(), rejection.code()), (503, code));
+            assert_eq!(response.headers()[http::header::RETRY_AFTER], "2", "{code}");
+        }
+        for (rejection, code) in [
+            (Rejection::NotVerified, "not_verified"),
+            (Rejection::HandlerPanicked, "handler_panicked"),
+        ] {
+            let response = rejection.to_response();
+            assert_eq!((response.status().as_u16(), rejection.code()), (500, code));
+            assert!(!response.headers().contains_key(http::header::RETRY_AFTER));
+        }
+    }
+}

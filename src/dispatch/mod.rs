@@ -549,3 +549,88 @@ where
         })
     }
 }
+
+#[cfg(all(test, feature = "test-util"))]
+mod tests {
+    use std::sync::{Arc, Mutex};
+
+    use super::*;
+    use crate::test_util::samples;
+
+    fn verified(envelope: Envelope) -> VerifiedDelivery {
+        VerifiedDelivery::new(Some(1), 0, 0, Ok(envelope))
+    }
+
+    #[tokio::test(flavor = "current_thread")]
+    async fn on_any_runs_where_it_was_registered_and_stops_at_the_first_failure() {
+        let order = Arc::new(Mutex::new(Vec::new()));
+        let log = |name: &'static str| {
+            let order = order.clone();
+            move |_event: Delivery<Event>| {
+                order.lock().unwrap().push(name);
+                async { Ok(()) }
+            }
+        };
+        let typed = order.clone();
+        let webhooks = Webhooks::new()
+            .on_message_created(move |event| {
+                typed.lock().unwrap().push("typed");
+                let fail = event.message.content == "fail";
+                async move {
+                    if fail {
+                        return Err(HandlerError::msg("failed"));
+                    }
+                    Ok(())
+                }
+            })
+            .on_any(log("any"))
+            .on(EventType::MessageCreated, log("second"));
+        assert!(matches!(
+            webhooks.handle(&verified(samples::message_created())).await,
+            Outcome::Handled
+        ));
+        assert!(matches!(
+            webhooks.handle(&verified(samples::channel_created())).await,
+            Outcome::Handled
+        ));
+        assert_eq!(*order.lock().unwrap(), ["typed", "any", "second", "any"]);
+
+        let mut failing = samples::message_created();
+        let Event::MessageCreated(created) = &mut failing.event else {
+            unreachable!()
+        };
+        Arc::make_mut(created).message.content = "fail".into();
+        order.lock().unwrap().clear();
+        assert!(matches!(
+            webhooks.handle(&verified(failing)).await,
+            Outcome::Failed(_)
+        ));
+        assert_eq!(
+            *order.lock().unwrap(),
+            ["typed"],
+            "the first failure stops the run"
+        );
+    }
+
+    #[test]
+    fn routes_are_found_by_type_without_scanning_the_others() {
+        let webhooks = Webhooks::new()
+            .on_channel_created(|_| async { Ok(()) })
+            .on_unknown(|_| async { Ok(()) })
+            .on(
+                EventType::Other("poll.closed".into()),
+                |_: Delivery<UnknownEvent>| async { Ok(()) },
+            );
+        let event = samples::channel_created().event;
+        assert_eq!(webhooks.routes.matching(&event), [0]);
+        assert!(webhooks
+            .routes
+            .matching(&samples::webhook_ping().event)
+            .is_empty());
+        let unknown = crate::model::Envelope::from_slice(
+            br#"{"id":"e","type":"poll.closed","created_at":"2026-11-22T10:00:00Z","workspace_id":"w","data":{}}"#,
+        )
+        .unwrap();
+        assert_eq!(webhooks.routes.matching(&unknown.event), [1, 2]);
+    }
+}

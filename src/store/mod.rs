@@ -1,18 +1,27 @@
-//! Idempotency stores: how the layer makes sure one delivery's handlers run
-//! at most once at a time, and never again after they succeeded.
+//! Idempotency stores: where the delivery layer claims delivery ids under
+//! a lease and remembers the handled ones.
 //!
-//! Before the inner service runs, the layer *claims* the delivery id with a
-//! lease. A copy that arrives while the claim is held is answered `503` with
-//! `Retry-After`; a copy that arrives after success is acknowledged without
-//! running anything. When the inner service answers 2xx the layer
-//! *completes* the id (remembered for the retention, 3 days by default,
-//! longer than Cariosan retries); otherwise it *releases* the claim so that
-//! the sender's retry runs the handlers again. While the handlers run the
-//! layer renews the lease; if the process dies, the lease runs out and the
-//! id can be claimed again.
+//! [`LeaseBackend`](crate::delivery::LeaseBackend) adapts any
+//! [`IdempotencyStore`] to the delivery layer's backend contract: before the
+//! handlers run it *claims* the id with a lease; a copy that arrives while
+//! the claim is held is answered `503 delivery_in_progress`, and a copy that
+//! arrives after success `200 duplicate`. When the handlers succeed the id
+//! is *completed* (remembered for the retention, 3 days by default, longer
+//! than Cariosan retries); otherwise the claim is *released* so that the
+//! sender's retry runs the handlers again. While the handlers run, a store
+//! that [needs renewal](IdempotencyStore::needs_renewal) has its lease
+//! renewed from a task of its own; a renewal refused, or none landing in
+//! time, cancels the run. If the process dies, the lease runs out and the id
+//! can be claimed again.
 //!
-//! - [`MemoryStore`], the default: one process, bounded in entries.
-//! - `RedisStore` (feature `redis`): several replicas share one view.
+//! | | survives a receiver restart | shared by replicas | two copies at once |
+//! |---|---|---|---|
+//! | [`MemoryStore`], the default | no: every id is forgotten | no | never, in one process |
+//! | `RedisStore` (feature `redis`) | yes | yes | not while Redis is reachable and keeps its data |
+//!
+//! Neither makes a handler's own effects exactly once: a completion lost
+//! after the handlers succeeded (a crash in between, Redis losing data) lets
+//! a redelivery run them again. Make handlers idempotent on the delivery id.
 //!
 //! Implement [`IdempotencyStore`] for anything else; the operations must be
 //! atomic per id.

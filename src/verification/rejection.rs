@@ -112,3 +112,73 @@ impl axum_core::response::IntoResponse for Rejection {
         self.to_response().map(axum_core::body::Body::new)
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::verify::{EnvelopeField, MalformedSignature, VerifyError};
+
+    #[test]
+    fn each_rejection_has_its_status_code_and_headers() {
+        let cases: [(Rejection, u16, &str); 9] = [
+            (Rejection::MethodNotAllowed, 405, "method_not_allowed"),
+            (
+                Rejection::UnsupportedEncoding,
+                415,
+                "content_encoding_unsupported",
+            ),
+            (Rejection::BodyTooLarge, 413, "body_too_large"),
+            (Rejection::BodyTimeout, 408, "body_timeout"),
+            (Rejection::BodyReadFailed, 400, "body_read_failed"),
+            (
+                DeliveryError::MissingDeliveryId.into(),
+                400,
+                "delivery_header_missing",
+            ),
+            (
+                DeliveryError::Signature(VerifyError::MalformedSignature(
+                    MalformedSignature::TooLong,
+                ))
+                .into(),
+                401,
+                "signature_malformed",
+            ),
+            (
+                DeliveryError::Signature(VerifyError::NoMatchingSignature).into(),
+                401,
+                "signature_mismatch",
+            ),
+            (
+                DeliveryError::EnvelopeMismatch(EnvelopeField::Type).into(),
+                400,
+                "envelope_mismatch",
+            ),
+        ];
+        for (rejection, status, code) in cases {
+            let response = rejection.to_response();
+            assert_eq!(
+                (response.status().as_u16(), rejection.code()),
+                (status, code)
+            );
+            assert_eq!(
+                response.headers().contains_key(header::ALLOW),
+                status == 405,
+                "{code}"
+            );
+            assert!(
+                !response.headers().contains_key(header::RETRY_AFTER),
+                "{code}"
+            );
+        }
+    }
+
+    #[test]
+    fn display_names_the_detail_once() {
+        let rejection = Rejection::from(DeliveryError::Signature(VerifyError::MalformedSignature(
+            MalformedSignature::TooLong,
+        )));
+        let text = rejection.to_string();
+        assert_eq!(text.matches("too long").count(), 1, "{text}");
+        assert!(std::error::Error::source(&rejection).is_none());
+    }
+}

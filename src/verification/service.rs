@@ -20,7 +20,7 @@ type BoxError = Box<dyn std::error::Error + Send + Sync>;
 ///
 /// The inner service receives only verified requests: a
 /// `Request<`[`BytesBody`]`>` holding the raw body, with a
-/// [`VerifiedDelivery`] extension holding the parsed envelope.
+/// [`VerifiedDelivery`](crate::VerifiedDelivery) extension holding the parsed envelope.
 #[derive(Clone, Debug)]
 pub struct VerificationService<S> {
     pub(crate) inner: S,
