@@ -4,8 +4,10 @@
 //! (HMAC with the key set up per request, hex compared as text, typed
 //! parse); the layer over a handler that does nothing (the crate's own
 //! cost); and the `receiver` example as a user deploys it (it also writes a
-//! summary line per delivery), built with default features and with
-//! feature `ring`. Loaded in turn by this process (keep-alive HTTP/1.1
+//! summary line per delivery), built with default features, with feature
+//! `ring`, and with feature `postgres` against a local PostgreSQL cluster
+//! the bench starts (each delivery a transaction that inserts its row;
+//! PostgreSQL itself is not pinned, so it shares the cores with both). Loaded in turn by this process (keep-alive HTTP/1.1
 //! connections, closed loop) with signed 1 KiB-class `message.created`
 //! deliveries, each a new delivery id. Reports req/s, p50/p99 latency and
 //! server CPU µs per request, and the ratios to bare, as medians over
@@ -27,6 +29,10 @@ use http_body_util::{BodyExt, Full};
 use hyper_util::rt::TokioIo;
 
 mod support;
+
+#[path = "../tests/common/postgres_server.rs"]
+#[allow(dead_code)]
+mod postgres_server;
 
 use support::{REPLY_ID, SECRET};
 
@@ -52,6 +58,8 @@ fn main() {
     }
     let receiver_default = build_receiver(&[], "receiver-default");
     let receiver_ring = build_receiver(&["--features", "ring"], "receiver-ring");
+    let receiver_postgres = build_receiver(&["--features", "postgres"], "receiver-postgres");
+    let database: std::sync::OnceLock<postgres_server::PostgresServer> = std::sync::OnceLock::new();
 
     // The load generator on core 1, so that the server under test has core 0
     // to itself. Threads started from here on inherit the affinity.
@@ -65,7 +73,7 @@ fn main() {
         .enable_all()
         .build()
         .unwrap();
-    let all: [(&str, &dyn Fn(SocketAddr) -> Command); 5] = [
+    let all: [(&str, &dyn Fn(SocketAddr) -> Command); 6] = [
         ("bare axum", &|addr| own_server("--serve-bare", addr)),
         ("naive verify + parse", &|addr| {
             own_server("--serve-naive", addr)
@@ -78,6 +86,23 @@ fn main() {
         }),
         ("receiver example, `ring`", &|addr| {
             receiver(&receiver_ring, addr)
+        }),
+        ("receiver example, PostgreSQL", &|addr| {
+            let database = database.get_or_init(postgres_server::PostgresServer::start);
+            // Every run starts from empty tables, as the in-memory runs do.
+            let _ = Command::new("psql")
+                .arg(database.url())
+                .args([
+                    "-q",
+                    "-c",
+                    "TRUNCATE cariosan_webhooks.handled_deliveries, receiver_effects",
+                ])
+                .stdout(Stdio::null())
+                .stderr(Stdio::null())
+                .status();
+            let mut command = receiver(&receiver_postgres, addr);
+            command.env("DATABASE_URL", database.url());
+            command
         }),
     ];
     let only = args

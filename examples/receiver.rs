@@ -13,12 +13,21 @@
 //! |---|---|---|
 //! | `CARIOSAN_WEBHOOK_SECRET` | required, except on a loopback address (a labelled demo secret) | the signing secret |
 //! | `CARIOSAN_WEBHOOK_ADDR` | `127.0.0.1:3000` | where to listen |
+//! | `DATABASE_URL` | unset: in memory | record deliveries in PostgreSQL (feature `postgres`), in each delivery's own transaction |
+//! | `CARIOSAN_WEBHOOK_MODE` | `transactional` | with `DATABASE_URL`: how deliveries are recorded (only `transactional` in this version) |
 //! | `REDIS_URL` | unset: in memory | claim deliveries in Redis (feature `redis`), shared by replicas |
 //! | `CARIOSAN_WEBHOOK_LEASE_SECS` | 30 | how long a claim outlives a crashed receiver |
 //! | `CARIOSAN_WEBHOOK_MAX_RUN_SECS` | 300 | the hard limit of a run |
 //! | `CARIOSAN_WEBHOOK_HEADER_TIMEOUT_MS` | 10000 | how long a client may take to send its headers |
 //! | `CARIOSAN_WEBHOOK_MAX_CONNECTIONS` | 1024 | connections served at once |
 //! | `CARIOSAN_DEMO_DELAY_MS` | 0 | makes every handler take that long, to watch the budget and the retries |
+//!
+//! With `DATABASE_URL`, the receiver applies the crate's migrations at start
+//! and, under the same advisory lock, creates an application table
+//! `receiver_effects (delivery_id, event_type, handled_at)` with no unique
+//! constraint; every handler run inserts one row into it inside the
+//! delivery's transaction (then waits `CARIOSAN_DEMO_DELAY_MS`, then prints
+//! its line), so a duplicate run would show as a second row.
 //!
 //! `SIGTERM` (a container's stop) or Ctrl-C stops accepting, lets running
 //! handlers finish for up to 9 s, and cancels the rest, freeing their
@@ -34,7 +43,7 @@ use std::time::Duration;
 
 use axum::routing::{get, post_service};
 use axum::Router;
-use cariosan_webhooks::CariosanWebhookLayer;
+use cariosan_webhooks::{CariosanWebhookLayer, Webhooks};
 use tracing_subscriber::EnvFilter;
 
 /// Used only when `CARIOSAN_WEBHOOK_SECRET` is unset and the receiver
@@ -93,12 +102,12 @@ async fn main() -> Result<(), Error> {
     if let Some(secs) = var("CARIOSAN_WEBHOOK_MAX_RUN_SECS")? {
         layer = layer.max_run_time(Duration::from_secs(secs));
     }
-    layer = with_store(layer).await?;
+    let (layer, first) = with_backend(layer).await?;
     let shutdown = layer.shutdown_handle();
     let app = Router::new()
         .route(
             "/webhooks/cariosan",
-            post_service(support::webhooks(report, delay)).layer(layer),
+            post_service(support::webhooks_after(first, report, delay)).layer(layer),
         )
         .route("/healthz", get(|| async { "ok" }));
 
@@ -122,6 +131,127 @@ async fn main() -> Result<(), Error> {
         "stopped"
     );
     Ok(())
+}
+
+/// The backend the environment asks for, and the handlers that must run
+/// first with it: PostgreSQL with `DATABASE_URL`, Redis with `REDIS_URL`,
+/// memory otherwise.
+async fn with_backend(
+    layer: CariosanWebhookLayer,
+) -> Result<(CariosanWebhookLayer, Webhooks), Error> {
+    if std::env::var_os("DATABASE_URL").is_some() {
+        return postgres::with_postgres(layer).await;
+    }
+    Ok((with_store(layer).await?, Webhooks::new()))
+}
+
+#[cfg(feature = "postgres")]
+mod postgres {
+    use std::time::Duration;
+
+    use cariosan_webhooks::dispatch::EventSelector;
+    use cariosan_webhooks::model::{Event, UnknownEvent};
+    use cariosan_webhooks::store::postgres::{sqlx, PostgresBackend, Tx};
+    use cariosan_webhooks::{CariosanWebhookLayer, Delivery, HandlerResult, Webhooks};
+
+    use super::Error;
+
+    /// Connections in the pool; each running delivery holds one.
+    const POOL: u32 = 32;
+
+    pub(super) async fn with_postgres(
+        layer: CariosanWebhookLayer,
+    ) -> Result<(CariosanWebhookLayer, Webhooks), Error> {
+        let mode =
+            std::env::var("CARIOSAN_WEBHOOK_MODE").unwrap_or_else(|_| "transactional".into());
+        if mode != "transactional" {
+            return Err(format!(
+                "CARIOSAN_WEBHOOK_MODE={mode:?}: this version has only \"transactional\""
+            )
+            .into());
+        }
+        let url = std::env::var("DATABASE_URL")?;
+        let pool = sqlx::postgres::PgPoolOptions::new()
+            .max_connections(POOL)
+            .acquire_timeout(Duration::from_secs(2))
+            .connect(&url)
+            .await
+            .map_err(|e| format!("PostgreSQL at DATABASE_URL: {e}"))?;
+        let backend = PostgresBackend::new(pool.clone());
+        backend.migrate().await?;
+        create_effects_table(&pool, backend.migration_lock_key()).await?;
+        let pruner = backend.clone();
+        tokio::spawn(async move {
+            loop {
+                tokio::time::sleep(Duration::from_secs(3600)).await;
+                if let Err(error) = pruner.prune().await {
+                    tracing::warn!(%error, "could not prune handled deliveries");
+                }
+            }
+        });
+        tracing::info!("recording deliveries in PostgreSQL, in each delivery's transaction");
+        let first = Webhooks::new()
+            .on(EventSelector::AllKnown, record)
+            .on(EventSelector::AllUnknown, record_unknown);
+        Ok((
+            layer.backend(backend).max_concurrency(POOL as usize - 2),
+            first,
+        ))
+    }
+
+    /// The application's table, created under the crate's migration lock so
+    /// that replicas starting together create it once.
+    async fn create_effects_table(pool: &sqlx::PgPool, lock: i64) -> Result<(), Error> {
+        let mut conn = pool.acquire().await?;
+        sqlx::query("SELECT pg_advisory_lock($1)")
+            .bind(lock)
+            .execute(&mut *conn)
+            .await?;
+        let created = sqlx::query(
+            "CREATE TABLE IF NOT EXISTS receiver_effects (
+                delivery_id text NOT NULL,
+                event_type text NOT NULL,
+                handled_at timestamptz NOT NULL DEFAULT now()
+            )",
+        )
+        .execute(&mut *conn)
+        .await;
+        sqlx::query("SELECT pg_advisory_unlock($1)")
+            .bind(lock)
+            .execute(&mut *conn)
+            .await?;
+        created?;
+        Ok(())
+    }
+
+    async fn insert(tx: &Tx, id: &str, event_type: &str) -> HandlerResult {
+        let mut conn = tx.conn().await?;
+        sqlx::query("INSERT INTO receiver_effects (delivery_id, event_type) VALUES ($1, $2)")
+            .bind(id)
+            .bind(event_type)
+            .execute(&mut *conn)
+            .await?;
+        Ok(())
+    }
+
+    async fn record(event: Delivery<Event>, tx: Tx) -> HandlerResult {
+        insert(&tx, event.id.as_str(), event.event_type()).await
+    }
+
+    async fn record_unknown(event: Delivery<UnknownEvent>, tx: Tx) -> HandlerResult {
+        insert(&tx, event.id.as_str(), event.event_type()).await
+    }
+}
+
+#[cfg(not(feature = "postgres"))]
+mod postgres {
+    use cariosan_webhooks::{CariosanWebhookLayer, Webhooks};
+
+    pub(super) async fn with_postgres(
+        _layer: CariosanWebhookLayer,
+    ) -> Result<(CariosanWebhookLayer, Webhooks), super::Error> {
+        Err("DATABASE_URL is set, but this build has no PostgreSQL support: run with --features postgres".into())
+    }
 }
 
 #[cfg(feature = "redis")]

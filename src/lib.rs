@@ -115,6 +115,7 @@
 //! | `layer` | yes | the two layers, [`CariosanWebhookLayer`], [`Webhooks`], the in-memory [`store`] (tower, http, tokio, tokio-util) |
 //! | `axum` | no | the `VerifiedEvent` and [`VerifiedDelivery`] extractors and `IntoResponse` for the rejections (axum-core) |
 //! | `redis` | no | `store::RedisStore`, an idempotency store shared by several replicas |
+//! | `postgres` | no | `store::postgres`: deliveries recorded in the handlers' own PostgreSQL transaction, for exactly-once database effects (sqlx) |
 //! | `ring` | no | HMAC-SHA256 from `ring`'s assembly instead of `hmac` + `sha2`: 1.6 to 1.8× faster on CPUs without SHA extensions (needs a C compiler) |
 //! | `test-util` | no | `test_util`: signed test requests, a [`Delivery`] for unit tests, sample events of every type |
 //!
@@ -171,6 +172,6 @@ pub use response::{BytesBody, ResponseBody};
 pub use verify::VerifiedDelivery;
 
 /// The README's examples use every feature; `.ci/run` tests them.
-#[cfg(all(doctest, feature = "axum", feature = "redis"))]
+#[cfg(all(doctest, feature = "axum", feature = "redis", feature = "postgres"))]
 #[doc = include_str!("../README.md")]
 struct ReadmeDoctests;

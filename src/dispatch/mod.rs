@@ -74,41 +74,55 @@ use crate::model::{
 use crate::response::BytesBody;
 use crate::verify::VerifiedDelivery;
 
-/// One or several event types, for [`Webhooks::on`].
+/// Which event types a handler takes, for [`Webhooks::on`]: one
+/// [`EventType`], an array or a `Vec` of them, or an [`EventSelector`].
 pub trait IntoEventTypes {
-    /// The event types.
-    fn into_event_types(self) -> Vec<EventType>;
+    /// The selection.
+    fn into_selector(self) -> EventSelector;
 }
 
-impl IntoEventTypes for EventType {
-    fn into_event_types(self) -> Vec<EventType> {
-        vec![self]
-    }
+/// A selection of event types.
+#[derive(Debug, Clone, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum EventSelector {
+    /// These types.
+    Types(Vec<EventType>),
+    /// Every type this version knows (as [`Webhooks::on_any`]), for a
+    /// handler of [`Delivery<Event>`].
+    AllKnown,
+    /// Every type this version does not know (as [`Webhooks::on_unknown`]),
+    /// for a handler of [`Delivery<UnknownEvent>`].
+    AllUnknown,
 }
 
-impl<const N: usize> IntoEventTypes for [EventType; N] {
-    fn into_event_types(self) -> Vec<EventType> {
-        self.into()
-    }
-}
-
-impl IntoEventTypes for Vec<EventType> {
-    fn into_event_types(self) -> Vec<EventType> {
+impl IntoEventTypes for EventSelector {
+    fn into_selector(self) -> EventSelector {
         self
     }
 }
 
-impl IntoEventTypes for &[EventType] {
-    fn into_event_types(self) -> Vec<EventType> {
-        self.to_vec()
+impl IntoEventTypes for EventType {
+    fn into_selector(self) -> EventSelector {
+        EventSelector::Types(vec![self])
     }
 }
 
-/// Which event types a route takes.
-enum Selector {
-    Types(Vec<EventType>),
-    AllKnown,
-    AnyUnknown,
+impl<const N: usize> IntoEventTypes for [EventType; N] {
+    fn into_selector(self) -> EventSelector {
+        EventSelector::Types(self.into())
+    }
+}
+
+impl IntoEventTypes for Vec<EventType> {
+    fn into_selector(self) -> EventSelector {
+        EventSelector::Types(self)
+    }
+}
+
+impl IntoEventTypes for &[EventType] {
+    fn into_selector(self) -> EventSelector {
+        EventSelector::Types(self.to_vec())
+    }
 }
 
 type RouteFn<S> = dyn for<'a> Fn(
@@ -258,7 +272,8 @@ impl<S: Clone + Send + Sync + 'static> Webhooks<S> {
     }
 
     /// Runs `handler` for every event of the given types: one
-    /// [`EventType`], an array or a `Vec` of them. The handler takes a
+    /// [`EventType`], an array or a `Vec` of them, or an [`EventSelector`]
+    /// (every known or every unknown type). The handler takes a
     /// [`Delivery<T>`] where `T` is the payload all of those types carry
     /// (one event's payload type, or [`Event`] for several), then up to three
     /// [`FromDelivery`] arguments.
@@ -270,23 +285,35 @@ impl<S: Clone + Send + Sync + 'static> Webhooks<S> {
     ///
     /// If `T` is not the payload of one of the types: a handler of
     /// `Delivery<MessageCreated>` cannot take `channel.created`.
-    pub fn on<T, H, Args>(self, event_types: impl IntoEventTypes, handler: H) -> Self
+    pub fn on<T, H, Args>(mut self, event_types: impl IntoEventTypes, handler: H) -> Self
     where
         T: Payload,
         H: Handler<T, S, Args>,
     {
-        let types = event_types.into_event_types();
-        for event_type in &types {
+        let selector = event_types.into_selector();
+        let unknown = EventType::Other(String::new());
+        let checked: &[EventType] = match &selector {
+            EventSelector::Types(types) => types,
+            EventSelector::AllKnown => EventType::KNOWN,
+            EventSelector::AllUnknown => std::slice::from_ref(&unknown),
+        };
+        for event_type in checked {
             assert!(
                 T::accepts(event_type),
-                "a handler of Delivery<{}> cannot take {event_type} events",
-                type_name::<T>()
+                "a handler of Delivery<{}> cannot take {} events",
+                type_name::<T>(),
+                if event_type.as_str().is_empty() {
+                    "unknown"
+                } else {
+                    event_type.as_str()
+                }
             );
         }
-        self.register(Selector::Types(types), handler)
+        self.register(selector, handler);
+        self
     }
 
-    fn register<T, H, Args>(mut self, selector: Selector, handler: H) -> Self
+    fn register<T, H, Args>(&mut self, selector: EventSelector, handler: H)
     where
         T: Payload,
         H: Handler<T, S, Args>,
@@ -309,11 +336,10 @@ impl<S: Clone + Send + Sync + 'static> Webhooks<S> {
             routes.by_type.entry(wire.into()).or_default().push(index);
         };
         match selector {
-            Selector::Types(types) => types.iter().for_each(|t| add(t.as_str())),
-            Selector::AllKnown => EventType::KNOWN.iter().for_each(|t| add(t.as_str())),
-            Selector::AnyUnknown => routes.any_unknown.push(index),
+            EventSelector::Types(types) => types.iter().for_each(|t| add(t.as_str())),
+            EventSelector::AllKnown => EventType::KNOWN.iter().for_each(|t| add(t.as_str())),
+            EventSelector::AllUnknown => routes.any_unknown.push(index),
         }
-        self
     }
 
     /// Runs `handler` for every event of a known type, with the whole
@@ -323,7 +349,7 @@ impl<S: Clone + Send + Sync + 'static> Webhooks<S> {
         F: Fn(Delivery<Event>) -> Fut + Send + Sync + 'static,
         Fut: Future<Output = HandlerResult> + Send + 'static,
     {
-        self.register::<Event, F, ()>(Selector::AllKnown, handler)
+        self.on::<Event, F, ()>(EventSelector::AllKnown, handler)
     }
 
     /// Runs `handler` for event types this version does not know, with their
@@ -334,7 +360,7 @@ impl<S: Clone + Send + Sync + 'static> Webhooks<S> {
         F: Fn(Delivery<UnknownEvent>) -> Fut + Send + Sync + 'static,
         Fut: Future<Output = HandlerResult> + Send + 'static,
     {
-        self.register::<UnknownEvent, F, ()>(Selector::AnyUnknown, handler)
+        self.on::<UnknownEvent, F, ()>(EventSelector::AllUnknown, handler)
     }
 
     /// Runs `handler` for signed envelopes of a known type whose data does

@@ -21,12 +21,16 @@
 //!
 //! Neither makes a handler's own effects exactly once: a completion lost
 //! after the handlers succeeded (a crash in between, Redis losing data) lets
-//! a redelivery run them again. Make handlers idempotent on the delivery id.
+//! a redelivery run them again. Make handlers idempotent on the delivery id,
+//! or use `store::postgres` (feature `postgres`), which is not a lease
+//! store: it records the delivery in the handlers' own transaction.
 //!
 //! Implement [`IdempotencyStore`] for anything else; the operations must be
 //! atomic per id.
 
 mod memory;
+#[cfg(feature = "postgres")]
+pub mod postgres;
 #[cfg(feature = "redis")]
 mod redis;
 

@@ -2,6 +2,7 @@
 //! written from the protocol text, independently of the crate.
 #![allow(dead_code)]
 
+pub mod postgres_server;
 pub mod process;
 pub mod redis_server;
 pub mod simulation;

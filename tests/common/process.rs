@@ -7,16 +7,20 @@ use std::process::{Child, Command, Stdio};
 use std::sync::mpsc;
 use std::time::{Duration, Instant};
 
-/// `cargo test` builds the examples next to the test binaries; a run of one
-/// test alone builds the one it needs.
+/// The example's binary, built with every feature once per test process:
+/// a binary left from an earlier build with fewer features would test the
+/// wrong thing.
 pub fn example_binary(name: &str) -> PathBuf {
+    static BUILT: std::sync::Mutex<Vec<String>> = std::sync::Mutex::new(Vec::new());
     let exe = std::env::current_exe().unwrap();
     let dir = exe.parent().unwrap().parent().unwrap();
     let path = dir.join("examples").join(name);
-    if !path.exists() {
+    let mut built = BUILT.lock().unwrap();
+    if !built.iter().any(|b| b == name) {
         let status = Command::new(env!("CARGO"))
             .args([
                 "build",
+                "-q",
                 "-p",
                 "cariosan-webhooks",
                 "--example",
@@ -27,6 +31,7 @@ pub fn example_binary(name: &str) -> PathBuf {
             .status()
             .unwrap();
         assert!(status.success(), "building the {name} example failed");
+        built.push(name.to_owned());
     }
     path
 }

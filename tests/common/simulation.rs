@@ -75,8 +75,13 @@ fn event_number(id: &str) -> usize {
 /// The application: one handler that follows the plan and records every
 /// run, every overlap and every success.
 pub fn webhooks(tally: Arc<Tally>) -> Webhooks {
+    webhooks_after(Webhooks::new(), tally)
+}
+
+/// The same handler, after those `first` has.
+pub fn webhooks_after(first: Webhooks, tally: Arc<Tally>) -> Webhooks {
     quiet_simulated_panics();
-    Webhooks::new().on_any(move |delivery: Delivery<Event>| {
+    first.on_any(move |delivery: Delivery<Event>| {
         let tally = tally.clone();
         async move {
             let id = delivery.id.to_string();

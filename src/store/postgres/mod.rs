@@ -1,0 +1,356 @@
+//! PostgreSQL, transactional (feature `postgres`): each delivery is
+//! recorded in the handlers' own transaction, so its database effects
+//! happen exactly once.
+//!
+//! Per delivery, [`PostgresBackend`] opens a transaction on your pool and
+//! takes the delivery's key with `pg_try_advisory_xact_lock`, which never
+//! waits: a copy running elsewhere is answered `503 delivery_in_progress` at
+//! once. A delivery already recorded as handled is `200 duplicate` and runs
+//! nothing. Otherwise the handlers get the transaction as a [`Tx`] argument,
+//! and everything they write through it commits together with the
+//! "handled" record, or not at all:
+//!
+//! - success or a give-up commits the record (with its outcome) and the
+//!   handlers' writes: the delivery never runs again;
+//! - an error, a panic, `retry_later`, a cancelled run (past
+//!   `max_run_time`, a shutdown) rolls everything back: the retry runs it
+//!   again, from scratch;
+//! - there is no lease: if the process dies or its connection drops,
+//!   PostgreSQL aborts the transaction and the delivery is free at once;
+//! - past the budget the sender gets `503 handler_still_running` while the
+//!   transaction goes on; its retry gets `503 delivery_in_progress`, or `200
+//!   duplicate` once it committed;
+//! - a failed commit is `503 store_unavailable`: nothing was recorded and
+//!   nothing is acknowledged.
+//!
+//! ```no_run
+//! use cariosan_webhooks::model::{EventType, MessageCreated};
+//! use cariosan_webhooks::store::postgres::{sqlx, PostgresBackend, Tx};
+//! use cariosan_webhooks::{CariosanWebhookLayer, Delivery, HandlerResult, Webhooks};
+//!
+//! async fn save(event: Delivery<MessageCreated>, tx: Tx) -> HandlerResult {
+//!     let mut conn = tx.conn().await?;
+//!     sqlx::query("INSERT INTO messages (id, content) VALUES ($1, $2)")
+//!         .bind(event.message.id.as_str())
+//!         .bind(&event.message.content)
+//!         .execute(&mut *conn)
+//!         .await?;
+//!     for user in &event.message.mentions {
+//!         sqlx::query("INSERT INTO mentions (message_id, user_id) VALUES ($1, $2)")
+//!             .bind(event.message.id.as_str())
+//!             .bind(&user.external_id)
+//!             .execute(&mut *conn)
+//!             .await?;
+//!     }
+//!     Ok(())
+//! }
+//!
+//! # async fn run() -> Result<(), Box<dyn std::error::Error>> {
+//! let pool = sqlx::postgres::PgPoolOptions::new()
+//!     .max_connections(32)
+//!     .connect(&std::env::var("DATABASE_URL")?)
+//!     .await?;
+//! let backend = PostgresBackend::new(pool);
+//! backend.migrate().await?; // explicit: nothing is created behind your back
+//! let layer = CariosanWebhookLayer::new(std::env::var("CARIOSAN_WEBHOOK_SECRET")?)
+//!     .backend(backend)
+//!     .max_concurrency(30); // each running delivery holds one connection
+//! let webhooks = Webhooks::new().on(EventType::MessageCreated, save);
+//! # let _ = (layer, webhooks);
+//! # Ok(())
+//! # }
+//! ```
+//!
+//! **Connections.** Each running delivery holds one pool connection from
+//! begin to commit. Keep `max_concurrency` below the pool's
+//! `max_connections`, with room for the rest of the application; a delivery
+//! waits at most the [acquire timeout](PostgresBackend::acquire_timeout)
+//! for a connection, then is answered `503 store_unavailable`. A hung
+//! handler holds its transaction until `max_run_time` cancels the run and
+//! rolls it back; PostgreSQL's `idle_in_transaction_session_timeout`, set
+//! above `max_run_time`, is the database's own backstop.
+//!
+//! **Outside the database** (an e-mail, a call to another API), effects are
+//! at least once: a run whose commit fails ran them anyway. Pass the
+//! delivery id as that API's idempotency key (`Idempotency-Key:
+//! {event.id}`), so that a repeated call is recognised.
+//!
+//! **Schema.** [`migrate`](PostgresBackend::migrate) creates, in the schema
+//! (default `cariosan_webhooks`):
+//!
+//! | object | what it is |
+//! |---|---|
+//! | `schema_migrations (version bigint primary key, description text, applied_at timestamptz)` | the crate's own migration versions, apart from sqlx's `_sqlx_migrations`, so an application's `sqlx::migrate!()` never sees them |
+//! | `handled_deliveries (tenant text, delivery_id text, event_type text, outcome text, attempt integer, handled_at timestamptz, primary key (tenant, delivery_id))` | one row per delivery handled or given up; `tenant` is `''` for now, so that a receiver of several workspaces can join the key |
+//! | index `handled_deliveries_handled_at` on `handled_at` | for [`prune`](PostgresBackend::prune), which drops records older than the retention (3 days) |
+//!
+//! It migrates under a session advisory lock
+//! ([`migration_lock_key`](PostgresBackend::migration_lock_key)), so that
+//! replicas starting together migrate once and all start.
+
+mod migrations;
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use futures_util::future::BoxFuture;
+pub use sqlx;
+use sqlx::postgres::{PgConnection, PgPool, Postgres};
+use sqlx::Transaction;
+use tokio::sync::{MappedMutexGuard, Mutex, MutexGuard};
+
+use crate::delivery::{Begin, DeliveryBackend, DeliveryGuard, Finish, DEFAULT_RETENTION};
+use crate::dispatch::{DeliveryContext, FromDelivery, HandlerError};
+use crate::store::StoreError;
+use crate::verify::VerifiedDelivery;
+
+/// The schema the crate's tables live in by default.
+pub const DEFAULT_SCHEMA: &str = "cariosan_webhooks";
+
+/// How long a delivery waits for a pool connection by default.
+pub const DEFAULT_ACQUIRE_TIMEOUT: Duration = Duration::from_secs(2);
+
+/// A delivery backend that records each delivery in the handlers' own
+/// PostgreSQL transaction: see the [module docs](self).
+///
+/// Cheap to clone: the pool is shared.
+#[derive(Clone)]
+pub struct PostgresBackend {
+    pool: PgPool,
+    schema: Arc<str>,
+    retention: Duration,
+    acquire_timeout: Duration,
+}
+
+impl std::fmt::Debug for PostgresBackend {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("PostgresBackend")
+            .field("schema", &self.schema)
+            .field("retention", &self.retention)
+            .field("acquire_timeout", &self.acquire_timeout)
+            .finish_non_exhaustive()
+    }
+}
+
+impl PostgresBackend {
+    /// A backend on your pool, in the default schema.
+    pub fn new(pool: PgPool) -> Self {
+        Self {
+            pool,
+            schema: DEFAULT_SCHEMA.into(),
+            retention: DEFAULT_RETENTION,
+            acquire_timeout: DEFAULT_ACQUIRE_TIMEOUT,
+        }
+    }
+
+    /// Keeps the crate's tables in `schema` (default `cariosan_webhooks`).
+    ///
+    /// # Panics
+    ///
+    /// If `schema` is not a plain lowercase identifier (`[a-z_][a-z0-9_]*`,
+    /// at most 63 bytes): a configuration error.
+    #[must_use]
+    pub fn schema(mut self, schema: &str) -> Self {
+        let plain = !schema.is_empty()
+            && schema.len() <= 63
+            && !schema.starts_with(|c: char| c.is_ascii_digit())
+            && schema
+                .bytes()
+                .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'_');
+        assert!(
+            plain,
+            "the schema must be a plain lowercase identifier, not {schema:?}"
+        );
+        self.schema = schema.into();
+        self
+    }
+
+    /// How long handled records are kept by [`prune`](Self::prune)
+    /// (default 3 days, longer than Cariosan retries).
+    #[must_use]
+    pub fn retention(mut self, retention: Duration) -> Self {
+        self.retention = retention;
+        self
+    }
+
+    /// How long a delivery waits for a pool connection (default 2 s)
+    /// before it is answered `503 store_unavailable`.
+    #[must_use]
+    pub fn acquire_timeout(mut self, timeout: Duration) -> Self {
+        self.acquire_timeout = timeout;
+        self
+    }
+
+    /// The pool.
+    pub fn pool(&self) -> &PgPool {
+        &self.pool
+    }
+
+    /// The session advisory lock [`migrate`](Self::migrate) holds while it
+    /// migrates: take the same one around your own start-up DDL, so that
+    /// replicas starting together do it once.
+    pub fn migration_lock_key(&self) -> i64 {
+        migrations::lock_key(&self.schema)
+    }
+
+    /// Creates or upgrades the crate's tables, once, under the migration
+    /// lock. Call it at start-up; nothing is created otherwise.
+    pub async fn migrate(&self) -> Result<(), StoreError> {
+        migrations::run(&self.pool, &self.schema)
+            .await
+            .map_err(postgres_error)
+    }
+
+    /// Deletes handled records older than the retention; returns how many.
+    /// Call it now and then (the `receiver` example does, hourly).
+    pub async fn prune(&self) -> Result<u64, StoreError> {
+        let sql = format!(
+            "DELETE FROM {}.handled_deliveries WHERE handled_at < now() - make_interval(secs => $1)",
+            self.schema
+        );
+        sqlx::query(&sql)
+            .bind(self.retention.as_secs_f64())
+            .execute(&self.pool)
+            .await
+            .map(|done| done.rows_affected())
+            .map_err(postgres_error)
+    }
+}
+
+fn postgres_error(error: sqlx::Error) -> StoreError {
+    StoreError::new(format!("PostgreSQL: {error}"))
+}
+
+/// The tenant of a key, until receivers of several workspaces name theirs.
+const NO_TENANT: &str = "";
+
+impl DeliveryBackend for PostgresBackend {
+    fn begin<'a>(
+        &'a self,
+        delivery: &'a VerifiedDelivery,
+        _max_run_time: Duration,
+    ) -> BoxFuture<'a, Result<Begin, StoreError>> {
+        Box::pin(async move {
+            let mut tx = match tokio::time::timeout(self.acquire_timeout, self.pool.begin()).await {
+                Ok(result) => result.map_err(postgres_error)?,
+                Err(_elapsed) => {
+                    return Err(StoreError::new(
+                        "PostgreSQL: no pool connection within the acquire timeout",
+                    ))
+                }
+            };
+            let id = delivery.id().as_str();
+            // Never waits: a copy holding the key makes this false at once.
+            let locked: bool = sqlx::query_scalar(
+                "SELECT pg_try_advisory_xact_lock(hashtextextended($1 || chr(31) || $2, 0))",
+            )
+            .bind(NO_TENANT)
+            .bind(id)
+            .fetch_one(&mut *tx)
+            .await
+            .map_err(postgres_error)?;
+            if !locked {
+                return Ok(Begin::InProgress { remaining: None });
+            }
+            let handled: Option<String> = sqlx::query_scalar(&format!(
+                "SELECT outcome FROM {}.handled_deliveries WHERE tenant = $1 AND delivery_id = $2",
+                self.schema
+            ))
+            .bind(NO_TENANT)
+            .bind(id)
+            .fetch_optional(&mut *tx)
+            .await
+            .map_err(postgres_error)?;
+            if handled.is_some() {
+                return Ok(Begin::Duplicate);
+            }
+            Ok(Begin::Started(Arc::new(TransactionGuard {
+                tx: Tx(Arc::new(Mutex::new(Some(tx)))),
+                schema: self.schema.clone(),
+                delivery: delivery.clone(),
+            })))
+        })
+    }
+}
+
+/// The delivery's open transaction, held by its run.
+struct TransactionGuard {
+    tx: Tx,
+    schema: Arc<str>,
+    delivery: VerifiedDelivery,
+}
+
+impl DeliveryGuard for TransactionGuard {
+    fn provide(&self, resources: &mut http::Extensions) {
+        resources.insert(self.tx.clone());
+    }
+
+    fn finish(&self, finish: Finish) -> BoxFuture<'_, Result<(), StoreError>> {
+        Box::pin(async move {
+            let Some(mut tx) = self.tx.0.lock().await.take() else {
+                return Err(StoreError::new(
+                    "PostgreSQL: the delivery's transaction is gone",
+                ));
+            };
+            let outcome = match finish {
+                Finish::Handled => "handled",
+                Finish::GivenUp => "given_up",
+                _ => {
+                    // Best effort: a rollback that fails leaves the
+                    // connection to be closed, which aborts it as well.
+                    let _ = tx.rollback().await;
+                    return Ok(());
+                }
+            };
+            sqlx::query(&format!(
+                "INSERT INTO {}.handled_deliveries (tenant, delivery_id, event_type, outcome, attempt) \
+                 VALUES ($1, $2, $3, $4, $5)",
+                self.schema
+            ))
+            .bind(NO_TENANT)
+            .bind(self.delivery.id().as_str())
+            .bind(self.delivery.event_type())
+            .bind(outcome)
+            .bind(self.delivery.attempt().and_then(|a| i32::try_from(a).ok()))
+            .execute(&mut *tx)
+            .await
+            .map_err(postgres_error)?;
+            tx.commit().await.map_err(postgres_error)
+        })
+    }
+}
+
+/// The delivery's transaction, as a handler argument: what a handler writes
+/// through [`conn`](Self::conn) commits together with the delivery's
+/// "handled" record, or rolls back with it.
+///
+/// Never run `COMMIT` or `ROLLBACK` on it yourself: the delivery does that
+/// with its outcome. After the delivery finished, `conn` is an error.
+#[derive(Clone)]
+pub struct Tx(Arc<Mutex<Option<Transaction<'static, Postgres>>>>);
+
+impl std::fmt::Debug for Tx {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("Tx(..)")
+    }
+}
+
+impl Tx {
+    /// The transaction's connection, for `sqlx::query(..).execute(&mut *conn)`.
+    /// Several handlers of one delivery take turns.
+    pub async fn conn(&self) -> Result<MappedMutexGuard<'_, PgConnection>, HandlerError> {
+        let guard = self.0.lock().await;
+        MutexGuard::try_map(guard, |tx| tx.as_deref_mut())
+            .map_err(|_| HandlerError::msg("the delivery's transaction is finished"))
+    }
+}
+
+impl<S> FromDelivery<S> for Tx {
+    fn from_delivery(cx: &DeliveryContext<'_, S>) -> Result<Self, HandlerError> {
+        cx.resources().get::<Tx>().cloned().ok_or_else(|| {
+            HandlerError::msg(
+                "no PostgreSQL transaction for this delivery: the delivery layer's backend is not a PostgresBackend",
+            )
+        })
+    }
+}
