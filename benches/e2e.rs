@@ -24,6 +24,9 @@ use std::sync::Arc;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use bytes::Bytes;
+use cariosan_webhooks::protocol::{
+    ATTEMPT_HEADER, DELIVERY_HEADER, EVENT_HEADER, SIGNATURE_HEADER,
+};
 use cariosan_webhooks::verify::{sign, Secret};
 use http_body_util::{BodyExt, Full};
 use hyper_util::rt::TokioIo;
@@ -127,7 +130,12 @@ fn main() {
     for connections in CONNECTIONS {
         let mut runs: Vec<Vec<Result>> = servers.iter().map(|_| Vec::new()).collect();
         for _ in 0..REPEATS {
-            for (at, (_, command)) in servers.iter().enumerate() {
+            for (at, (name, command)) in servers.iter().enumerate() {
+                // Its concurrency bound (30, one pool connection each) sheds
+                // a 64-connection closed loop with 503 overloaded by design.
+                if name.contains("PostgreSQL") && connections > 30 {
+                    continue;
+                }
                 let addr: SocketAddr = format!("127.0.0.1:{}", free_port()).parse().unwrap();
                 let mut server = command(addr).spawn().unwrap();
                 wait_for(addr);
@@ -139,9 +147,13 @@ fn main() {
                 runs[at].push(result);
             }
         }
-        let medians: Vec<Result> = runs.into_iter().map(Result::median).collect();
-        let bare = &medians[0];
+        let medians: Vec<Option<Result>> = runs
+            .into_iter()
+            .map(|runs| (!runs.is_empty()).then(|| Result::median(runs)))
+            .collect();
+        let bare = medians[0].as_ref().expect("bare axum always runs");
         for ((name, _), r) in servers.iter().zip(&medians) {
+            let Some(r) = r else { continue };
             println!(
                 "| {connections} | {name} | {:.0} | {:.0} µs | {:.0} µs | {:.1} | {:.0} % | {:.0} % | {:.2}× |",
                 r.rps,
@@ -266,10 +278,10 @@ async fn load(
                     let request = http::Request::post("/webhooks/cariosan")
                         .header("host", "127.0.0.1")
                         .header("content-type", "application/json")
-                        .header("x-cariosan-delivery", id.as_str())
-                        .header("x-cariosan-event", "message.created")
-                        .header("x-cariosan-attempt", "1")
-                        .header("x-cariosan-signature", signature.as_str())
+                        .header(DELIVERY_HEADER, id.as_str())
+                        .header(EVENT_HEADER, "message.created")
+                        .header(ATTEMPT_HEADER, "1")
+                        .header(SIGNATURE_HEADER, signature.as_str())
                         .body(Full::new(body.clone()))
                         .unwrap();
                     let sent = Instant::now();
@@ -365,10 +377,8 @@ fn naive() -> axum::Router {
         "/webhooks/cariosan",
         axum::routing::post(|headers: http::HeaderMap, body: Bytes| async move {
             let header = |name: &str| headers.get(name).and_then(|v| v.to_str().ok());
-            let (Some(id), Some(signature)) = (
-                header("x-cariosan-delivery"),
-                header("x-cariosan-signature"),
-            ) else {
+            let (Some(id), Some(signature)) = (header(DELIVERY_HEADER), header(SIGNATURE_HEADER))
+            else {
                 return http::StatusCode::BAD_REQUEST;
             };
             let mut t = None;

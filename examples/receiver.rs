@@ -259,7 +259,9 @@ async fn with_store(layer: CariosanWebhookLayer) -> Result<CariosanWebhookLayer,
     Ok(match std::env::var("REDIS_URL") {
         Ok(url) => {
             tracing::info!("claiming deliveries in Redis");
-            layer.store(cariosan_webhooks::store::RedisStore::connect(&url).await?)
+            // Lazy: a replica starts while Redis is down, and answers 503
+            // until it is back.
+            layer.store(cariosan_webhooks::store::RedisStore::connect_lazy(&url)?)
         }
         Err(_) => layer,
     })

@@ -15,8 +15,8 @@ pub type CariosanWebhookService<S> = VerificationService<DeliveryService<S>>;
 
 /// A [`VerificationLayer`] and a [`DeliveryLayer`], stacked: everything that
 /// is not a signed, well-formed delivery is answered before your code runs,
-/// and every verified delivery runs at most once at a time, never again
-/// after it was handled.
+/// and every verified delivery runs at most once at a time and, while the
+/// store remembers it, never again after it was handled.
 ///
 /// Its builder methods configure one layer or the other; use the two
 /// layers apart to put something of your own between them, or to give

@@ -15,8 +15,12 @@
 //! - [`verification`]: a tower layer that answers everything that is not a
 //!   signed, well-formed delivery before your code runs.
 //! - [`delivery`]: a tower layer that runs each verified delivery at most
-//!   once at a time and never again after it was handled, recorded in a
-//!   [`store`] (memory, Redis) or any [`DeliveryBackend`](delivery::DeliveryBackend).
+//!   once at a time and, while its store remembers it, never again after it
+//!   was handled, recorded in a [`store`] (memory, Redis, PostgreSQL in the
+//!   handlers' own transaction) or any
+//!   [`DeliveryBackend`](delivery::DeliveryBackend). What each store keeps
+//!   through a crash, a restart or a pause is in the README's guarantee
+//!   table.
 //! - [`dispatch`]: [`Webhooks`], async handlers per event type, mounted as
 //!   a service behind the layers or called directly.
 //!

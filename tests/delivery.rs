@@ -308,9 +308,10 @@ impl IdempotencyStore for SharedStore {
     fn complete<'a>(
         &'a self,
         id: &'a str,
+        token: &'a ClaimToken,
         retention: Duration,
-    ) -> BoxFuture<'a, Result<(), StoreError>> {
-        self.0.complete(id, retention)
+    ) -> BoxFuture<'a, Result<bool, StoreError>> {
+        self.0.complete(id, token, retention)
     }
     fn release<'a>(
         &'a self,
@@ -336,7 +337,12 @@ impl IdempotencyStore for DownStore {
     ) -> BoxFuture<'a, Result<bool, StoreError>> {
         Box::pin(async { Err(StoreError::new("connection refused")) })
     }
-    fn complete<'a>(&'a self, _: &'a str, _: Duration) -> BoxFuture<'a, Result<(), StoreError>> {
+    fn complete<'a>(
+        &'a self,
+        _: &'a str,
+        _: &'a ClaimToken,
+        _: Duration,
+    ) -> BoxFuture<'a, Result<bool, StoreError>> {
         Box::pin(async { Err(StoreError::new("connection refused")) })
     }
     fn release<'a>(
@@ -367,10 +373,10 @@ async fn the_in_memory_store_stays_within_its_bound_over_a_million_deliveries() 
     let mut peak_bytes = 0;
     for n in 0..1_000_000u32 {
         let id = format!("evt_{n:026}");
-        let Claim::Claimed(_) = store.claim(&id, lease).await.unwrap() else {
+        let Claim::Claimed(token) = store.claim(&id, lease).await.unwrap() else {
             panic!("{id} is new")
         };
-        store.complete(&id, retention).await.unwrap();
+        assert!(store.complete(&id, &token, retention).await.unwrap());
         if n % 50_000 == 0 {
             peak_bytes = peak_bytes.max(store.approximate_bytes());
         }

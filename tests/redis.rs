@@ -58,14 +58,25 @@ async fn claims_are_exclusive_released_by_their_holder_only_and_expire() {
             .unwrap(),
     );
     tokio::time::sleep(Duration::from_millis(350)).await;
-    let _new = claimed(store.claim("evt_2", LEASE).await.unwrap());
+    let new = claimed(store.claim("evt_2", LEASE).await.unwrap());
     assert!(!store.renew("evt_2", &short, LEASE).await.unwrap());
+    assert!(new.generation() > short.generation(), "generations grow");
+
+    // A completion by the stale holder does not overwrite the live claim.
+    assert!(!store
+        .complete("evt_2", &short, Duration::from_secs(60))
+        .await
+        .unwrap());
+    assert!(matches!(
+        store.claim("evt_2", LEASE).await.unwrap(),
+        Claim::InProgress { .. }
+    ));
 
     // Completed is final for the retention, whoever holds a claim.
-    store
-        .complete("evt_2", Duration::from_secs(60))
+    assert!(store
+        .complete("evt_2", &new, Duration::from_secs(60))
         .await
-        .unwrap();
+        .unwrap());
     assert_eq!(store.claim("evt_2", LEASE).await.unwrap(), Claim::Completed);
     store.release("evt_2", &short).await.unwrap();
     assert_eq!(store.claim("evt_2", LEASE).await.unwrap(), Claim::Completed);

@@ -5,6 +5,9 @@
 use std::convert::Infallible;
 
 use bytes::Bytes;
+use cariosan_webhooks::protocol::{
+    ATTEMPT_HEADER, DELIVERY_HEADER, EVENT_HEADER, SIGNATURE_HEADER,
+};
 use cariosan_webhooks::verify::{sign, FixedClock, Secret};
 use cariosan_webhooks::{BytesBody, CariosanWebhookLayer, CariosanWebhookService, Webhooks};
 use hmac::{Hmac, Mac};
@@ -56,10 +59,10 @@ pub fn signed_request(secret: &Secret, template: &str, id: &str) -> http::Reques
     let body = template.replace(REPLY_ID, id);
     let signature = sign(std::slice::from_ref(secret), id, T, body.as_bytes());
     http::Request::post("/webhooks/cariosan")
-        .header("x-cariosan-delivery", id)
-        .header("x-cariosan-event", "message.created")
-        .header("x-cariosan-attempt", "1")
-        .header("x-cariosan-signature", signature)
+        .header(DELIVERY_HEADER, id)
+        .header(EVENT_HEADER, "message.created")
+        .header(ATTEMPT_HEADER, "1")
+        .header(SIGNATURE_HEADER, signature)
         .header("content-length", body.len())
         .body(BytesBody::new(Bytes::from(body)))
         .unwrap()

@@ -93,6 +93,12 @@ pub trait DeliveryGuard: Send + Sync + 'static {
     fn finish(&self, finish: Finish) -> BoxFuture<'_, Result<(), StoreError>>;
 }
 
+/// The fencing generation of a delivery's claim, which a guard may
+/// [`provide`](DeliveryGuard::provide): handlers read it as
+/// [`Delivery::generation`](crate::Delivery::generation).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
+pub struct Generation(pub u64);
+
 /// How a run ended, as a backend records it.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 #[non_exhaustive]

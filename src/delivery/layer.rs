@@ -32,7 +32,8 @@ pub const DEFAULT_RETRY_AFTER: Duration = Duration::from_secs(10);
 pub const DEFAULT_STORE_TIMEOUT: Duration = Duration::from_secs(5);
 
 /// A [`Layer`] that gives verified deliveries their semantics: each is run
-/// at most once at a time and never again after it was handled, detached
+/// at most once at a time and, while the backend remembers it, never again
+/// after it was handled, detached
 /// from the client, within a budget and a hard limit, under a concurrency
 /// bound, and shut down gracefully. See the [module docs](crate::delivery).
 ///

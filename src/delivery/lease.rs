@@ -6,7 +6,7 @@ use std::time::Duration;
 
 use futures_util::future::BoxFuture;
 
-use super::backend::{Begin, DeliveryBackend, DeliveryGuard, Finish};
+use super::backend::{Begin, DeliveryBackend, DeliveryGuard, Finish, Generation};
 use crate::store::{Claim, ClaimToken, IdempotencyStore, StoreError};
 use crate::verify::VerifiedDelivery;
 
@@ -153,6 +153,10 @@ impl LeaseGuard {
 }
 
 impl DeliveryGuard for LeaseGuard {
+    fn provide(&self, resources: &mut http::Extensions) {
+        resources.insert(Generation(self.token.generation()));
+    }
+
     fn lease(&self) -> Option<Duration> {
         self.lease
     }
@@ -169,8 +173,12 @@ impl DeliveryGuard for LeaseGuard {
         Box::pin(async move {
             match finish {
                 Finish::Handled | Finish::GivenUp => {
-                    if let Err(error) = self.store.complete(self.id(), self.retention).await {
-                        tracing::error!(%error, "handled, but the completion was not recorded: a redelivery would run again");
+                    match self.store.complete(self.id(), &self.token, self.retention).await {
+                        Ok(true) => {}
+                        Ok(false) => tracing::error!(
+                            "handled, but another copy holds the claim now: its outcome, not this one, is recorded"
+                        ),
+                        Err(error) => tracing::error!(%error, "handled, but the completion was not recorded: a redelivery would run again"),
                     }
                 }
                 Finish::Released => {

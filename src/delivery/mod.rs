@@ -35,7 +35,7 @@ mod run;
 mod service;
 mod shutdown;
 
-pub use backend::{Begin, DeliveryBackend, DeliveryGuard, Finish};
+pub use backend::{Begin, DeliveryBackend, DeliveryGuard, Finish, Generation};
 pub use layer::{
     DeliveryLayer, DEFAULT_HANDLER_BUDGET, DEFAULT_MAX_CONCURRENCY, DEFAULT_MAX_RUN_TIME,
     DEFAULT_RETRY_AFTER, DEFAULT_STORE_TIMEOUT, MAX_MAX_RUN_TIME,

@@ -32,6 +32,12 @@ pub struct Delivery<T> {
     /// When the sender signed this attempt (the signature's `t`), in Unix
     /// seconds.
     pub signed_at: i64,
+    /// The generation of this run's claim, when the delivery backend has one
+    /// (the lease stores): larger for every later claim of the same
+    /// delivery. A handler that writes to a system of its own can store it
+    /// with the write and refuse a write with a smaller one: a run whose
+    /// claim was taken over can then not overwrite its successor's work.
+    pub generation: Option<u64>,
     data: Arc<T>,
 }
 
@@ -69,27 +75,41 @@ impl<T: Payload> Delivery<T> {
             workspace_id: envelope.workspace_id.clone(),
             attempt,
             signed_at,
+            generation: None,
             data: T::from_event(&envelope.event)?,
         })
     }
 
-    pub(crate) fn from_verified(delivery: &VerifiedDelivery, envelope: &Envelope) -> Option<Self> {
-        Self::of(envelope, delivery.attempt(), delivery.signed_at())
+    pub(crate) fn from_verified(
+        delivery: &VerifiedDelivery,
+        envelope: &Envelope,
+        resources: &http::Extensions,
+    ) -> Option<Self> {
+        let mut typed = Self::of(envelope, delivery.attempt(), delivery.signed_at())?;
+        typed.generation = generation(resources);
+        Some(typed)
     }
+}
+
+fn generation(resources: &http::Extensions) -> Option<u64> {
+    resources
+        .get::<crate::delivery::Generation>()
+        .map(|generation| generation.0)
 }
 
 impl Delivery<MalformedEvent> {
     pub(crate) fn malformed(
+        delivery: &VerifiedDelivery,
         malformed: &Arc<MalformedEvent>,
-        attempt: Option<u32>,
-        signed_at: i64,
+        resources: &http::Extensions,
     ) -> Self {
         Self {
             id: malformed.id().clone(),
             created_at: malformed.created_at(),
             workspace_id: malformed.workspace_id().clone(),
-            attempt,
-            signed_at,
+            attempt: delivery.attempt(),
+            signed_at: delivery.signed_at(),
+            generation: generation(resources),
             data: malformed.clone(),
         }
     }

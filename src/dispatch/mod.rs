@@ -320,7 +320,7 @@ impl<S: Clone + Send + Sync + 'static> Webhooks<S> {
     {
         let handler = Arc::new(handler);
         let route: Arc<RouteFn<S>> = Arc::new(move |delivery, envelope, cx| {
-            match Delivery::<T>::from_verified(delivery, envelope) {
+            match Delivery::<T>::from_verified(delivery, envelope, cx.resources()) {
                 Some(typed) => handler.clone().call(typed, cx),
                 None => Box::pin(std::future::ready(Err(HandlerError::msg(format_args!(
                     "a {} event does not carry the {} this handler takes",
@@ -425,8 +425,7 @@ impl<S: Clone + Send + Sync + 'static> Webhooks<S> {
                 .await
             }
             (None, Some(malformed)) if !routes.malformed.is_empty() => {
-                let typed =
-                    Delivery::malformed(malformed, delivery.attempt(), delivery.signed_at());
+                let typed = Delivery::malformed(delivery, malformed, resources);
                 run_in_turn(
                     routes
                         .malformed

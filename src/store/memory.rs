@@ -4,6 +4,22 @@ use std::time::{Duration, Instant};
 
 use super::{BoxFuture, Claim, ClaimToken, IdempotencyStore, StoreError};
 
+/// The next claim generation: the wall clock in microseconds, and always
+/// more than the last one this process gave.
+fn next_generation() -> u64 {
+    use std::sync::atomic::{AtomicU64, Ordering};
+    static LAST: AtomicU64 = AtomicU64::new(0);
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| u64::try_from(d.as_micros()).unwrap_or(u64::MAX));
+    let previous = LAST.fetch_max(now, Ordering::Relaxed);
+    if previous >= now {
+        LAST.fetch_add(1, Ordering::Relaxed) + 1
+    } else {
+        now
+    }
+}
+
 /// `now + duration`, saturating far in the future instead of overflowing.
 fn later(now: Instant, duration: Duration) -> Instant {
     now.checked_add(duration)
@@ -112,7 +128,7 @@ impl MemoryStore {
             Some(Entry::Claimed { .. }) => {}
             None => state.make_room(self.max_entries, now)?,
         }
-        let token = ClaimToken::random();
+        let token = ClaimToken::random().with_generation(next_generation());
         state.entries.insert(
             id.into(),
             Entry::Claimed {
@@ -194,17 +210,22 @@ impl IdempotencyStore for MemoryStore {
     fn complete<'a>(
         &'a self,
         id: &'a str,
+        token: &'a ClaimToken,
         retention: Duration,
-    ) -> BoxFuture<'a, Result<(), StoreError>> {
+    ) -> BoxFuture<'a, Result<bool, StoreError>> {
         let mut state = self.lock();
-        let until = later(Instant::now(), retention);
+        let now = Instant::now();
         let id = match state.entries.get_key_value(id) {
+            Some((_, Entry::Claimed { token: held, until })) if held != token && *until > now => {
+                return Box::pin(std::future::ready(Ok(false)))
+            }
             Some((claimed, _)) => claimed.clone(),
             None => Arc::from(id),
         };
+        let until = later(now, retention);
         state.entries.insert(id.clone(), Entry::Completed { until });
         state.completed.push_back((until, id));
-        Box::pin(std::future::ready(Ok(())))
+        Box::pin(std::future::ready(Ok(true)))
     }
 
     fn release<'a>(
@@ -270,9 +291,26 @@ mod tests {
                 .unwrap()
                 .unwrap()
         );
-        futures_util::FutureExt::now_or_never(store.complete("evt_1", Duration::from_secs(60)))
-            .unwrap()
-            .unwrap();
+        // A completion by the stale holder does not overwrite the live claim.
+        assert!(!futures_util::FutureExt::now_or_never(store.complete(
+            "evt_1",
+            &token,
+            Duration::from_secs(60)
+        ))
+        .unwrap()
+        .unwrap());
+        assert!(matches!(
+            store.claim_now("evt_1", LEASE, later).unwrap(),
+            Claim::InProgress { .. }
+        ));
+        assert!(second.generation() > token.generation());
+        assert!(futures_util::FutureExt::now_or_never(store.complete(
+            "evt_1",
+            &second,
+            Duration::from_secs(60)
+        ))
+        .unwrap()
+        .unwrap());
         assert_eq!(
             store.claim_now("evt_1", LEASE, later).unwrap(),
             Claim::Completed
@@ -282,9 +320,13 @@ mod tests {
     #[test]
     fn completed_ids_expire_after_their_retention() {
         let store = MemoryStore::new();
-        futures_util::FutureExt::now_or_never(store.complete("evt_1", Duration::ZERO))
-            .unwrap()
-            .unwrap();
+        futures_util::FutureExt::now_or_never(store.complete(
+            "evt_1",
+            &ClaimToken::random(),
+            Duration::ZERO,
+        ))
+        .unwrap()
+        .unwrap();
         claimed(
             store
                 .claim_now("evt_1", LEASE, Instant::now() + Duration::from_millis(1))
@@ -298,9 +340,13 @@ mod tests {
         let now = Instant::now();
         claimed(store.claim_now("live", LEASE, now).unwrap());
         for id in ["a", "b"] {
-            futures_util::FutureExt::now_or_never(store.complete(id, Duration::from_secs(600)))
-                .unwrap()
-                .unwrap();
+            futures_util::FutureExt::now_or_never(store.complete(
+                id,
+                &ClaimToken::random(),
+                Duration::from_secs(600),
+            ))
+            .unwrap()
+            .unwrap();
         }
         claimed(store.claim_now("c", LEASE, now).unwrap());
         assert_eq!(store.len(), 3);

@@ -76,13 +76,16 @@ pub trait IdempotencyStore: Send + Sync + 'static {
         lease: Duration,
     ) -> BoxFuture<'a, Result<bool, StoreError>>;
 
-    /// Marks `id` handled, remembered for `retention`. Unconditional: the
-    /// handlers did succeed, whoever holds the claim now.
+    /// Marks `id` handled, remembered for `retention`, if `token` still
+    /// holds its claim or nothing does (a lease that ran out, a store that
+    /// lost its data). `Ok(false)` when another claim holds it now: a
+    /// completion that comes too late changes nothing.
     fn complete<'a>(
         &'a self,
         id: &'a str,
+        token: &'a ClaimToken,
         retention: Duration,
-    ) -> BoxFuture<'a, Result<(), StoreError>>;
+    ) -> BoxFuture<'a, Result<bool, StoreError>>;
 
     /// Drops the claim if `token` still holds it, so a retry can run.
     fn release<'a>(
@@ -99,9 +102,15 @@ pub trait IdempotencyStore: Send + Sync + 'static {
     }
 }
 
-/// Proof of one claim: only its holder may renew or release it.
+/// Proof of one claim: only its holder may renew, complete or release it.
+///
+/// It carries the claim's [generation](Self::generation), a number that
+/// grows with every claim of an id.
 #[derive(Clone, PartialEq, Eq, Hash)]
-pub struct ClaimToken([u8; 32]);
+pub struct ClaimToken {
+    text: [u8; 32],
+    generation: u64,
+}
 
 impl ClaimToken {
     /// A fresh token, unique across processes: a random per-process
@@ -130,12 +139,29 @@ impl ClaimToken {
         raw[8..].copy_from_slice(&count.to_be_bytes());
         let mut text = [0u8; 32];
         hex::encode_to_slice(raw, &mut text).expect("32 hex digits for 16 bytes");
-        Self(text)
+        Self {
+            text,
+            generation: 0,
+        }
     }
 
     /// The token as text: 32 lowercase hexadecimal digits.
     pub fn as_str(&self) -> &str {
-        std::str::from_utf8(&self.0).expect("hex digits are ASCII")
+        std::str::from_utf8(&self.text).expect("hex digits are ASCII")
+    }
+
+    /// This token, for the claim of this generation.
+    #[must_use]
+    pub fn with_generation(mut self, generation: u64) -> Self {
+        self.generation = generation;
+        self
+    }
+
+    /// The claim's generation: larger for every later claim of the same
+    /// id (a store's clock in microseconds), so that a system of your own
+    /// can refuse a write from a run whose claim was taken over.
+    pub fn generation(&self) -> u64 {
+        self.generation
     }
 }
 

@@ -29,6 +29,20 @@ pub struct VerificationService<S> {
 
 crate::macros::accessors!(VerificationService);
 
+impl<S> VerificationService<S> {
+    /// `inner` behind a verification layer with the defaults, verifying
+    /// with `verifier`.
+    pub fn new(inner: S, verifier: crate::verify::Verifier) -> Self {
+        tower_layer::Layer::layer(&Self::layer(verifier), inner)
+    }
+
+    /// A [`VerificationLayer`](super::VerificationLayer) with the defaults,
+    /// verifying with `verifier`.
+    pub fn layer(verifier: crate::verify::Verifier) -> super::VerificationLayer {
+        super::VerificationLayer::from_verifier(verifier)
+    }
+}
+
 impl<S, ReqBody, ResBody> Service<Request<ReqBody>> for VerificationService<S>
 where
     S: Service<Request<BytesBody>, Response = Response<ResBody>> + Clone + Send + 'static,
