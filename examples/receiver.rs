@@ -12,6 +12,7 @@
 //! | variable | default | what it sets |
 //! |---|---|---|
 //! | `CARIOSAN_WEBHOOK_SECRET` | required, except on a loopback address (a labelled demo secret) | the signing secret |
+//! | `CARIOSAN_WEBHOOK_SECRETS_FILE` | unset | instead of the secret: a file of secrets, one per line, newest first, read again on `SIGHUP` |
 //! | `CARIOSAN_WEBHOOK_ADDR` | `127.0.0.1:3000` | where to listen |
 //! | `DATABASE_URL` | unset: in memory | record deliveries in PostgreSQL (feature `postgres`), in each delivery's own transaction |
 //! | `CARIOSAN_WEBHOOK_MODE` | `transactional` | with `DATABASE_URL`: how deliveries are recorded (only `transactional` in this version) |
@@ -28,6 +29,9 @@
 //! constraint; every handler run inserts one row into it inside the
 //! delivery's transaction (then waits `CARIOSAN_DEMO_DELAY_MS`, then prints
 //! its line), so a duplicate run would show as a second row.
+//!
+//! Built with `--features metrics`, it also serves `GET /metrics` in the
+//! Prometheus text format.
 //!
 //! `SIGTERM` (a container's stop) or Ctrl-C stops accepting, lets running
 //! handlers finish for up to 9 s, and cancels the rest, freeing their
@@ -75,8 +79,16 @@ async fn main() -> Result<(), Error> {
         .with_writer(std::io::stderr)
         .init();
     let addr: SocketAddr = var("CARIOSAN_WEBHOOK_ADDR")?.unwrap_or(([127, 0, 0, 1], 3000).into());
+    let secrets_file =
+        std::env::var_os("CARIOSAN_WEBHOOK_SECRETS_FILE").map(std::path::PathBuf::from);
+    if secrets_file.is_some() && std::env::var_os("CARIOSAN_WEBHOOK_SECRET").is_some() {
+        return Err(
+            "set CARIOSAN_WEBHOOK_SECRETS_FILE or CARIOSAN_WEBHOOK_SECRET, not both".into(),
+        );
+    }
     let secret = match std::env::var("CARIOSAN_WEBHOOK_SECRET") {
         Ok(secret) => secret,
+        Err(_) if secrets_file.is_some() => String::new(),
         Err(_) if addr.ip().is_loopback() => {
             tracing::warn!("CARIOSAN_WEBHOOK_SECRET is unset: using the DEMO secret {DEMO_SECRET:?} on the loopback address {addr}; never deploy with it");
             DEMO_SECRET.to_owned()
@@ -95,7 +107,19 @@ async fn main() -> Result<(), Error> {
         let _ = stdout.flush();
     });
 
-    let mut layer = CariosanWebhookLayer::try_new(secret)?;
+    let mut layer = match &secrets_file {
+        Some(path) => {
+            let secrets = support::secrets_file::read(path)
+                .map_err(|e| format!("CARIOSAN_WEBHOOK_SECRETS_FILE: {e}"))?;
+            let secrets = cariosan_webhooks::verify::Secrets::new(secrets)?;
+            let layer = CariosanWebhookLayer::from_verifier(
+                cariosan_webhooks::verify::Verifier::from_secrets(secrets),
+            );
+            support::secrets_file::reload_on_sighup(path.clone(), layer.secrets().clone());
+            layer
+        }
+        None => CariosanWebhookLayer::try_new(secret)?,
+    };
     if let Some(secs) = var("CARIOSAN_WEBHOOK_LEASE_SECS")? {
         layer = layer.lease(Duration::from_secs(secs));
     }
@@ -110,6 +134,7 @@ async fn main() -> Result<(), Error> {
             post_service(support::webhooks_after(first, report, delay)).layer(layer),
         )
         .route("/healthz", get(|| async { "ok" }));
+    let app = with_metrics(app)?;
 
     let mut limits = support::serve::Limits::default();
     if let Some(ms) = var("CARIOSAN_WEBHOOK_HEADER_TIMEOUT_MS")? {
@@ -131,6 +156,37 @@ async fn main() -> Result<(), Error> {
         "stopped"
     );
     Ok(())
+}
+
+/// `GET /metrics` in the Prometheus text format, with histogram buckets
+/// dense up to the 9 s budget.
+#[cfg(feature = "metrics")]
+fn with_metrics(app: Router) -> Result<Router, Error> {
+    use metrics_exporter_prometheus::{Matcher, PrometheusBuilder};
+    let handle = PrometheusBuilder::new()
+        .set_buckets_for_metric(
+            Matcher::Full("cariosan_webhook_handler_duration_seconds".into()),
+            &[
+                0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.0, 3.0, 5.0, 7.0, 9.0, 30.0, 300.0,
+            ],
+        )?
+        .set_buckets_for_metric(
+            Matcher::Full("cariosan_webhook_delivery_lag_seconds".into()),
+            &[0.5, 1.0, 2.0, 5.0, 10.0, 30.0, 60.0, 300.0, 3600.0, 86400.0],
+        )?
+        .install_recorder()?;
+    Ok(app.route(
+        "/metrics",
+        get(move || {
+            let handle = handle.clone();
+            async move { handle.render() }
+        }),
+    ))
+}
+
+#[cfg(not(feature = "metrics"))]
+fn with_metrics(app: Router) -> Result<Router, Error> {
+    Ok(app)
 }
 
 /// The backend the environment asks for, and the handlers that must run

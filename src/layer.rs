@@ -177,6 +177,12 @@ impl CariosanWebhookLayer {
         self.delivering(|d| d.store_timeout(timeout))
     }
 
+    /// The handle to the verification layer's secrets: see
+    /// [`VerificationLayer::secrets`].
+    pub fn secrets(&self) -> &crate::verify::Secrets {
+        self.verification.secrets()
+    }
+
     /// A handle to shut the delivery layer (and its clones) down gracefully;
     /// it stays valid however the layer is configured afterwards.
     pub fn shutdown_handle(&self) -> ShutdownHandle {

@@ -155,6 +155,8 @@ mod layer;
 #[cfg(feature = "layer")]
 mod macros;
 #[cfg(feature = "layer")]
+pub mod metrics;
+#[cfg(feature = "layer")]
 mod response;
 #[cfg(feature = "layer")]
 pub mod store;

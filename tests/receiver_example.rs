@@ -223,3 +223,175 @@ async fn a_client_dripping_headers_is_disconnected_and_connections_are_bounded()
     }
     assert!(started.elapsed() < Duration::from_secs(5));
 }
+
+/// The status a delivery signed with `secret` gets, under a fresh id.
+async fn status_with(addr: std::net::SocketAddr, secret: &str, n: &mut u32) -> (u16, String) {
+    *n += 1;
+    let id = format!("evt_rotation_{n}");
+    let body = with_id(&fixture("events/webhook.ping.json"), &id);
+    let signature = independent_signature(secret, &id, now(), &body);
+    let reply = send(
+        addr,
+        &delivery_headers(&id, "webhook.ping", &signature),
+        &body,
+    )
+    .await;
+    (reply.status, reply.body)
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn the_secrets_file_is_reloaded_on_sighup_and_never_left_empty() {
+    let dir = std::env::temp_dir().join(format!("cariosan-secrets-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let file = dir.join("secrets");
+    let (a, b) = ("whsec_rotation_A", "whsec_rotation_B");
+    std::fs::write(&file, format!("{a}\n")).unwrap();
+    let receiver = ReceiverProcess::start_with(
+        &[("CARIOSAN_WEBHOOK_SECRETS_FILE", file.to_str().unwrap())],
+        &["CARIOSAN_WEBHOOK_SECRET"],
+    );
+    let addr = receiver.addr;
+    let mut n = 0;
+    assert_eq!(status_with(addr, a, &mut n).await.0, 200);
+    assert_eq!(
+        status_with(addr, b, &mut n).await,
+        (401, "signature_mismatch".into())
+    );
+
+    // Until a reload has happened, poll: SIGHUP is handled asynchronously.
+    async fn after_reload(
+        addr: std::net::SocketAddr,
+        secret: &str,
+        expect: u16,
+        n: &mut u32,
+    ) -> (u16, String) {
+        let started = std::time::Instant::now();
+        loop {
+            let answer = status_with(addr, secret, n).await;
+            if answer.0 == expect || started.elapsed() > Duration::from_secs(10) {
+                return answer;
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    }
+
+    std::fs::write(&file, format!("{b}\n{a}\n")).unwrap();
+    receiver.signal("HUP");
+    assert_eq!(after_reload(addr, b, 200, &mut n).await.0, 200);
+    assert_eq!(
+        status_with(addr, a, &mut n).await.0,
+        200,
+        "both during the rotation"
+    );
+
+    std::fs::write(&file, format!("{b}\n")).unwrap();
+    receiver.signal("HUP");
+    assert_eq!(
+        after_reload(addr, a, 401, &mut n).await,
+        (401, "signature_mismatch".into())
+    );
+    assert_eq!(status_with(addr, b, &mut n).await.0, 200);
+
+    std::fs::write(&file, "\n").unwrap();
+    receiver.signal("HUP");
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    assert_eq!(
+        status_with(addr, b, &mut n).await.0,
+        200,
+        "an empty file keeps B"
+    );
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
+#[test]
+fn the_receiver_refuses_an_empty_secrets_file_or_both_variables() {
+    let dir = std::env::temp_dir().join(format!("cariosan-secrets-bad-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let file = dir.join("secrets");
+    std::fs::write(&file, "  \n").unwrap();
+    let run = |both: bool| {
+        let mut command = std::process::Command::new(common::process::example_binary("receiver"));
+        command
+            .env("CARIOSAN_WEBHOOK_SECRETS_FILE", &file)
+            .env("CARIOSAN_WEBHOOK_ADDR", "127.0.0.1:0")
+            .env("RUST_LOG", "error");
+        if both {
+            command.env("CARIOSAN_WEBHOOK_SECRET", "whsec_x");
+        } else {
+            command.env_remove("CARIOSAN_WEBHOOK_SECRET");
+        }
+        command.output().unwrap()
+    };
+    let empty = run(false);
+    assert!(!empty.status.success());
+    assert!(
+        String::from_utf8_lossy(&empty.stderr).contains("no secret in the file"),
+        "{:?}",
+        empty
+    );
+    let both = run(true);
+    assert!(!both.status.success());
+    assert!(
+        String::from_utf8_lossy(&both.stderr).contains("not both"),
+        "{:?}",
+        both
+    );
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn metrics_show_the_outcomes_the_lag_and_the_secret_slot() {
+    let receiver = ReceiverProcess::start(&[]);
+    let addr = receiver.addr;
+    let body = fixture("events/webhook.ping.json");
+    let id = "evt_01JDB844PINGPINGPINGPIN01";
+    assert_eq!(
+        send_signed(addr, id, "webhook.ping", &body).await.status,
+        200
+    );
+    let forged = independent_signature("whsec_forger", id, now(), &body);
+    assert_eq!(
+        send(addr, &delivery_headers(id, "webhook.ping", &forged), &body)
+            .await
+            .status,
+        401
+    );
+    let duplicate = send_signed(addr, id, "webhook.ping", &body).await;
+    assert_eq!(
+        (duplicate.status, duplicate.body.as_str()),
+        (200, "duplicate")
+    );
+
+    let scraped = raw(
+        addr,
+        b"GET /metrics HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n",
+    )
+    .await;
+    assert_eq!(scraped.status, 200);
+    let text = scraped.body;
+    let line = |needle: &[&str]| {
+        text.lines()
+            .find(|l| !l.starts_with('#') && needle.iter().all(|n| l.contains(n)))
+            .unwrap_or_else(|| panic!("no metric with {needle:?} in:\n{text}"))
+            .to_owned()
+    };
+    for outcome in ["handled", "signature_mismatch", "duplicate"] {
+        let found = line(&[
+            "cariosan_webhook_deliveries_total",
+            &format!("outcome=\"{outcome}\""),
+        ]);
+        assert!(found.contains("event_type=\"webhook.ping\""), "{found}");
+        assert!(found.trim_end().ends_with(" 1"), "{found}");
+    }
+    line(&["cariosan_webhook_delivery_lag_seconds_count"]);
+    let slot = line(&["cariosan_webhook_secret_matches_total", "slot=\"primary\""]);
+    assert!(
+        slot.trim_end().ends_with(" 2"),
+        "the delivery and its duplicate: {slot}"
+    );
+    line(&[
+        "cariosan_webhook_handler_duration_seconds_bucket",
+        "le=\"9\"",
+    ]);
+    assert!(!text.contains(id), "no delivery id in a label");
+}

@@ -2,6 +2,7 @@
 //! line per delivery, a tiny HTTP client, and the sample deliveries.
 #![allow(dead_code)]
 
+pub mod secrets_file;
 pub mod serve;
 
 use std::fmt::Write;

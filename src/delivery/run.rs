@@ -56,6 +56,8 @@ pub(crate) struct Held {
     pub(crate) guard: Arc<dyn DeliveryGuard>,
     pub(crate) permit: OwnedSemaphorePermit,
     pub(crate) token: TaskTrackerToken,
+    /// For the metrics' labels.
+    pub(crate) event_type: &'static str,
 }
 
 /// Runs `handlers` (the inner service's call for a begun delivery) to the
@@ -91,7 +93,10 @@ where
                 guard,
                 permit: _permit,
                 token: _token,
+                event_type,
             } = held;
+            let started = Instant::now();
+            crate::metrics::run_started();
             let guard_lost = async {
                 match &lost {
                     Some(lost) => lost.cancelled().await,
@@ -112,7 +117,13 @@ where
             if let Some(lost) = &lost {
                 lost.cancel();
             }
+            crate::metrics::run_finished(event_type, started.elapsed());
             if let RunEnd::Cancelled(why) = end {
+                crate::metrics::run_cancelled(match why {
+                    Cancelled::Shutdown => "shutdown",
+                    Cancelled::GuardLost => "guard_lost",
+                    Cancelled::MaxRunTime => "max_run_time",
+                });
                 tracing::error!(reason = ?why, "the run was cancelled: its handlers were dropped and the delivery freed for a retry");
             }
             let finish = match &end {
@@ -127,10 +138,12 @@ where
             match guard.finish(finish).await {
                 Ok(()) => end,
                 Err(error) if finish == Finish::Released => {
+                    crate::metrics::store_error("finish");
                     tracing::warn!(%error, "could not free the delivery in the backend");
                     end
                 }
                 Err(error) => {
+                    crate::metrics::store_error("finish");
                     tracing::error!(%error, "the handlers succeeded but the backend could not record it: answering 503");
                     RunEnd::NotRecorded
                 }

@@ -88,10 +88,12 @@ where
                     return Ok(own(refuse(&Rejection::DeliveryInProgress { retry_after })));
                 }
                 Ok(Err(error)) => {
+                    crate::metrics::store_error("begin");
                     tracing::error!(%error, "the delivery backend is unavailable");
                     return Ok(own(refuse(&Rejection::StoreUnavailable { retry_after })));
                 }
                 Err(_elapsed) => {
+                    crate::metrics::store_error("begin");
                     tracing::error!("the delivery backend did not answer in time");
                     return Ok(own(refuse(&Rejection::StoreUnavailable { retry_after })));
                 }
@@ -108,6 +110,7 @@ where
                 guard,
                 permit,
                 token,
+                event_type: crate::metrics::event_label(delivery.event_type()),
             };
             let rejection = match run(config.limits, &config.lifecycle, held, handlers).await {
                 RunEnd::Finished(result) => return result.map(|r| r.map(ResponseBody::inner)),

@@ -107,6 +107,13 @@ impl VerificationLayer {
     pub fn verifier(&self) -> &Verifier {
         &self.config.verifier
     }
+
+    /// The handle to this layer's secrets, to add, replace and remove them
+    /// while it serves. Take it once the layer is configured: a later
+    /// [`secret`](Self::secret) gives the layer a new set.
+    pub fn secrets(&self) -> &crate::verify::Secrets {
+        self.config.verifier.secrets()
+    }
 }
 
 impl<S> Layer<S> for VerificationLayer {

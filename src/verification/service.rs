@@ -12,7 +12,7 @@ use super::layer::VerifyConfig;
 use super::rejection::Rejection;
 use crate::future::ResponseFuture;
 use crate::response::{code_of, own, BytesBody, ResponseBody};
-use crate::verify::DeliveryHeaders;
+use crate::verify::{Clock, DeliveryHeaders};
 
 type BoxError = Box<dyn std::error::Error + Send + Sync>;
 
@@ -71,7 +71,8 @@ where
             outcome = field::Empty,
         );
         if let Err(rejection) = span.in_scope(|| check_request(&request, &self.config)) {
-            return ResponseFuture::ready(own(span.in_scope(|| reject(&rejection))));
+            let event_type = header_event_type(request.headers());
+            return ResponseFuture::ready(own(span.in_scope(|| reject(&rejection, event_type))));
         }
         // The service that was polled ready is the one to call; a fresh
         // clone stays behind for the next request.
@@ -97,14 +98,23 @@ where
     let (mut parts, body) = request.into_parts();
     let bytes = match read_body(body, &config).await {
         Ok(bytes) => bytes,
-        Err(rejection) => return Ok(own(reject(&rejection))),
+        Err(rejection) => return Ok(own(reject(&rejection, header_event_type(&parts.headers)))),
     };
     let verified = DeliveryHeaders::from_header_map(&parts.headers)
         .and_then(|headers| config.verifier.verify_delivery(&headers, &bytes));
     let delivery = match verified {
         Ok(delivery) => delivery,
-        Err(error) => return Ok(own(reject(&Rejection::Delivery(error)))),
+        Err(error) => {
+            let event_type = header_event_type(&parts.headers);
+            return Ok(own(reject(&Rejection::Delivery(error), event_type)));
+        }
     };
+    crate::metrics::verified(
+        delivery.signed_at(),
+        crate::verify::SystemClock.now(),
+        delivery.secret_index(),
+    );
+    let event_type = crate::metrics::event_label(delivery.event_type());
     if let Some(malformed) = delivery.malformed() {
         tracing::error!(error = %malformed.error(), "event data does not fit the model");
     }
@@ -119,6 +129,7 @@ where
         "failed"
     });
     record(status, outcome);
+    crate::metrics::delivery_answered(status, outcome, event_type);
     tracing::info!(status, outcome, "delivery answered");
     Ok(response.map(ResponseBody::inner))
 }
@@ -149,9 +160,19 @@ fn record(status: u16, outcome: &str) {
     span.record("outcome", outcome);
 }
 
+/// The `X-Cariosan-Event` value, for a label: `unknown` unless it is a
+/// type this version knows.
+fn header_event_type(headers: &http::HeaderMap) -> &'static str {
+    headers
+        .get(&crate::protocol::header::EVENT)
+        .and_then(|v| v.to_str().ok())
+        .map_or("unknown", crate::metrics::event_label)
+}
+
 /// Logs a rejection on the delivery's span and builds its response.
-fn reject(rejection: &Rejection) -> Response<BytesBody> {
+fn reject(rejection: &Rejection, event_type: &str) -> Response<BytesBody> {
     record(rejection.status().as_u16(), rejection.code());
+    crate::metrics::delivery_answered(rejection.status().as_u16(), rejection.code(), event_type);
     tracing::warn!(code = rejection.code(), "delivery rejected: {rejection}");
     rejection.to_response()
 }

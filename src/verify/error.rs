@@ -100,4 +100,7 @@ pub enum ConfigError {
     /// A signing secret was empty.
     #[error("Failed to configure the verifier: a signing secret is empty")]
     EmptySecret,
+    /// A set of secrets would have none.
+    #[error("Failed to configure the verifier: no signing secret")]
+    NoSecret,
 }

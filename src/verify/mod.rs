@@ -23,6 +23,7 @@
 mod delivery;
 mod error;
 mod header;
+mod secrets;
 
 use std::fmt;
 use std::sync::Arc;
@@ -37,6 +38,7 @@ use subtle::{Choice, ConstantTimeEq};
 pub use delivery::{DeliveryError, DeliveryHeaders, EnvelopeField, VerifiedDelivery};
 pub use error::{ConfigError, MalformedSignature, VerifyError};
 pub use header::{MAX_HEADER_LEN, MAX_SIGNATURES};
+pub use secrets::Secrets;
 
 use crate::protocol::{is_valid_delivery_id, DEFAULT_TOLERANCE};
 use header::{SignatureHeader, MAC_LEN};
@@ -56,6 +58,9 @@ type PreparedKey = ring::hmac::Key;
 #[derive(Clone)]
 pub struct Secret {
     prepared: PreparedKey,
+    /// SHA-256 of the secret's bytes: tells secrets apart for
+    /// [`Secrets::remove`] without keeping them.
+    fingerprint: [u8; 32],
 }
 
 impl Secret {
@@ -70,7 +75,10 @@ impl Secret {
             PreparedKey::new_from_slice(bytes).expect("HMAC-SHA256 accepts keys of any length");
         #[cfg(feature = "ring")]
         let prepared = ring::hmac::Key::new(ring::hmac::HMAC_SHA256, bytes);
-        Ok(Self { prepared })
+        Ok(Self {
+            prepared,
+            fingerprint: fingerprint(bytes),
+        })
     }
 
     /// The MAC of one delivery: the 32 bytes a `v1` element encodes, over
@@ -105,10 +113,30 @@ impl Secret {
     }
 }
 
+fn fingerprint(bytes: &[u8]) -> [u8; 32] {
+    use sha2::Digest;
+    sha2::Sha256::digest(bytes).into()
+}
+
 impl fmt::Debug for Secret {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.write_str("Secret(<redacted>)")
     }
+}
+
+/// Verifies one delivery with one secret, the protocol's default tolerance
+/// and the system clock: the simplest case, in one call. `signature_header`
+/// is the `X-Cariosan-Signature` value; see [`Verifier`] for several
+/// secrets, another tolerance or the whole delivery.
+pub fn verify(
+    secret: impl AsRef<[u8]>,
+    delivery_id: &str,
+    signature_header: &str,
+    body: &[u8],
+) -> Result<Verified, VerifyError> {
+    Verifier::new(secret)
+        .map_err(|_| VerifyError::NoMatchingSignature)?
+        .verify(delivery_id, signature_header, body)
 }
 
 /// Builds an `X-Cariosan-Signature` value the way the sender does: the
@@ -193,7 +221,7 @@ impl Verified {
 /// Cheap to clone: the secrets and the clock are shared.
 #[derive(Clone)]
 pub struct Verifier {
-    secrets: Arc<[Secret]>,
+    secrets: Secrets,
     tolerance: Duration,
     clock: Arc<dyn Clock>,
 }
@@ -207,21 +235,33 @@ impl Verifier {
 
     /// A verifier for one prepared secret.
     pub fn from_secret(secret: Secret) -> Self {
+        Self::from_secrets(Secrets::one(secret))
+    }
+
+    /// A verifier that holds a shared, changeable set of secrets: what the
+    /// handle does to the set, the verifier sees on its next delivery.
+    pub fn from_secrets(secrets: Secrets) -> Self {
         Self {
-            secrets: Arc::from([secret]),
+            secrets,
             tolerance: DEFAULT_TOLERANCE,
             clock: Arc::new(SystemClock),
         }
     }
 
-    /// Also accepts deliveries signed with `secret`: keep the old and the new
-    /// secret while Cariosan rolls it.
+    /// Also accepts deliveries signed with `secret`, after the ones it has:
+    /// keep the old and the new secret while Cariosan rolls it. The verifier
+    /// gets a set of its own; to change secrets while serving, use
+    /// [`secrets`](Self::secrets).
     #[must_use]
     pub fn with_secret(mut self, secret: Secret) -> Self {
-        let mut secrets = self.secrets.to_vec();
-        secrets.push(secret);
-        self.secrets = secrets.into();
+        self.secrets = self.secrets.with(secret);
         self
+    }
+
+    /// The handle to this verifier's secrets, to add, replace and remove
+    /// them while it serves (and its clones, the layers' included).
+    pub fn secrets(&self) -> &Secrets {
+        &self.secrets
     }
 
     /// How far `t` may be from now, in either direction. Whole seconds count;
@@ -277,7 +317,8 @@ impl Verifier {
         let header = SignatureHeader::parse(signature_header.as_bytes())
             .map_err(VerifyError::MalformedSignature)?;
         self.check_timestamp(now, header.timestamp)?;
-        for (secret_index, secret) in self.secrets.iter().enumerate() {
+        let secrets = self.secrets.load();
+        for (secret_index, secret) in secrets.iter().enumerate() {
             let expected = secret.mac(delivery_id.as_bytes(), header.timestamp_text, body);
             // Every candidate is compared in full; only the final verdict
             // branches.

@@ -47,6 +47,12 @@ impl ReceiverProcess {
     /// Starts the receiver on a free port with these extra variables, and
     /// waits until it accepts connections.
     pub fn start(env: &[(&str, &str)]) -> Self {
+        Self::start_with(env, &[])
+    }
+
+    /// [`start`](Self::start), with these variables unset (the default
+    /// secret, say).
+    pub fn start_with(env: &[(&str, &str)], unset: &[&str]) -> Self {
         let port = std::net::TcpListener::bind("127.0.0.1:0")
             .unwrap()
             .local_addr()
@@ -63,6 +69,9 @@ impl ReceiverProcess {
             .stderr(Stdio::inherit());
         for (key, value) in env {
             command.env(key, value);
+        }
+        for key in unset {
+            command.env_remove(key);
         }
         let mut child = command.spawn().unwrap();
         let stdout = child.stdout.take().unwrap();
@@ -94,8 +103,13 @@ impl ReceiverProcess {
 
     /// SIGTERM, as a container's stop sends.
     pub fn terminate(&self) {
+        self.signal("TERM");
+    }
+
+    /// Sends `signal` (`TERM`, `HUP`, ...).
+    pub fn signal(&self, signal: &str) {
         let status = Command::new("kill")
-            .args(["-TERM", &self.child.id().to_string()])
+            .args([&format!("-{signal}"), &self.child.id().to_string()])
             .status()
             .unwrap();
         assert!(status.success());
