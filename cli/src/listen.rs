@@ -43,10 +43,11 @@ fn title<T>(delivery: &Delivery<T>, event_type: &str) -> String {
     let attempt = delivery
         .attempt
         .map_or(String::new(), |a| format!(" attempt {a}"));
-    format!(
-        "{event_type} {}{attempt} at {}",
-        delivery.id, delivery.created_at
-    )
+    let at = delivery
+        .created_at
+        .format(&time::format_description::well_known::Rfc3339)
+        .unwrap_or_else(|_| delivery.created_at.to_string());
+    format!("{event_type} {}{attempt} at {at}", delivery.id)
 }
 
 impl Listen {
@@ -83,7 +84,7 @@ impl Listen {
                     let title = format!(
                         "{} {} (data does not fit the model: {})",
                         event.event_type(),
-                        event.id(),
+                        event.id,
                         event.error()
                     );
                     printer.print(&title, event.data_json());
@@ -92,7 +93,37 @@ impl Listen {
             });
         let layer =
             CariosanWebhookLayer::try_new(&self.secret.secret).map_err(|e| e.to_string())?;
-        let service = layer.layer(webhooks);
+        let rejections = Arc::new(Printer {
+            colour: std::io::stdout().is_terminal(),
+        });
+        // Every answer that is not a 2xx is printed too: what a user
+        // debugging a sender needs most.
+        let service = tower::ServiceBuilder::new()
+            .and_then(move |response: http::Response<_>| {
+                let printer = rejections.clone();
+                async move {
+                    let (parts, body) = response.into_parts();
+                    let bytes = http_body_util::BodyExt::collect(body)
+                        .await
+                        .map(|collected| collected.to_bytes())
+                        .unwrap_or_default();
+                    if !parts.status.is_success() {
+                        printer.print(
+                            &format!(
+                                "rejected: {} {}",
+                                parts.status.as_u16(),
+                                String::from_utf8_lossy(&bytes)
+                            ),
+                            "",
+                        );
+                    }
+                    Ok::<_, std::convert::Infallible>(http::Response::from_parts(
+                        parts,
+                        http_body_util::Full::new(bytes),
+                    ))
+                }
+            })
+            .service(layer.layer(webhooks));
         let listener = tokio::net::TcpListener::bind(self.addr)
             .await
             .map_err(|e| format!("cannot listen on {}: {e}", self.addr))?;

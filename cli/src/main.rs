@@ -62,9 +62,10 @@ struct SecretArg {
 struct Sign {
     #[command(flatten)]
     secret: SecretArg,
-    /// The delivery id (X-Cariosan-Delivery).
+    /// The delivery id (X-Cariosan-Delivery); the body's "id" when omitted,
+    /// and it must equal it.
     #[arg(long)]
-    delivery: String,
+    delivery: Option<String>,
     /// The event type (X-Cariosan-Event); read from the body when omitted.
     #[arg(long)]
     event: Option<String>,
@@ -122,12 +123,25 @@ fn shell_quote(value: &str) -> String {
 impl Sign {
     fn run(self) -> Result<ExitCode, String> {
         let body = read_stdin()?;
-        let event_type = match self.event {
-            Some(event_type) => event_type,
-            None => event_type_of(&body)?,
+        let head = head_of(&body);
+        let event_type = match (self.event, &head) {
+            (Some(event_type), _) => event_type,
+            (None, Some(head)) => head.event_type.clone(),
+            (None, None) => return Err("the body has no \"type\": pass --event".to_owned()),
+        };
+        let delivery_id = match (self.delivery, &head) {
+            (Some(id), Some(head)) if id != head.id => {
+                return Err(format!(
+                    "--delivery {id} differs from the body's id {}: the receiver would answer 400 envelope_mismatch",
+                    head.id
+                ))
+            }
+            (Some(id), _) => id,
+            (None, Some(head)) => head.id.clone(),
+            (None, None) => return Err("the body has no \"id\": pass --delivery".to_owned()),
         };
         let mut delivery =
-            cariosan_webhooks::test_util::TestDelivery::bytes(self.delivery, event_type, body)
+            cariosan_webhooks::test_util::TestDelivery::bytes(delivery_id, event_type, body)
                 .secret(self.secret.secret);
         if let Some(timestamp) = self.timestamp {
             delivery = delivery.timestamp(timestamp);
@@ -146,14 +160,14 @@ impl Sign {
     }
 }
 
-/// The `type` of a JSON envelope.
-fn event_type_of(body: &[u8]) -> Result<String, String> {
-    #[derive(serde::Deserialize)]
-    struct Head {
-        #[serde(rename = "type")]
-        event_type: String,
-    }
-    serde_json::from_slice::<Head>(body)
-        .map(|head| head.event_type)
-        .map_err(|_| "the body has no \"type\": pass --event".to_owned())
+/// The `id` and `type` of a JSON envelope.
+#[derive(serde::Deserialize)]
+struct Head {
+    id: String,
+    #[serde(rename = "type")]
+    event_type: String,
+}
+
+fn head_of(body: &[u8]) -> Option<Head> {
+    serde_json::from_slice(body).ok()
 }

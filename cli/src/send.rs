@@ -11,8 +11,9 @@ use crate::{http_client, read_file, SecretArg};
 
 #[derive(clap::Args)]
 pub struct Send {
-    /// The event type, e.g. message.created (any type; unknown ones are sent
-    /// with your --data or an empty object).
+    /// The event type, e.g. message.created (any type: a known one is sent
+    /// as a realistic sample, an unknown one with your --data or an empty
+    /// data object).
     event_type: String,
     /// The receiver's URL.
     #[arg(long)]
@@ -47,13 +48,23 @@ impl Send {
                 .secret(&self.secret.secret)
                 .attempt(attempt);
             let answer =
-                http_client::post(&self.to, &delivery.headers(), body.clone().into()).await?;
+                match http_client::post(&self.to, &delivery.headers(), body.clone().into()).await {
+                    Ok(answer) => answer,
+                    // Cariosan retries a refused connection as it does a 5xx.
+                    Err(error) if attempt < self.attempts => {
+                        println!("{} {id} attempt {attempt} -> {error}", self.event_type);
+                        println!("  retrying in {:.1} s", retry_delay.as_secs_f64());
+                        tokio::time::sleep(retry_delay).await;
+                        continue;
+                    }
+                    Err(error) => return Err(error),
+                };
             println!(
                 "{} {} attempt {attempt} -> {} {} ({:.1} ms)",
                 self.event_type,
                 id,
                 answer.status,
-                answer.body.trim(),
+                code_or_hint(answer.status, answer.body.trim()),
                 answer.elapsed.as_secs_f64() * 1000.0
             );
             if (200..300).contains(&answer.status) {
@@ -72,20 +83,21 @@ impl Send {
 
     /// The envelope to send, with `id` as its id.
     fn body(&self, id: &str) -> Result<Vec<u8>, String> {
-        let Some(path) = &self.data else {
-            let mut envelope = samples::of_type(&self.event_type).ok_or_else(|| {
-                format!(
-                    "no sample for {:?}: pass --data with a payload",
-                    self.event_type
-                )
-            })?;
-            envelope.id = EventId::new(id);
-            return serde_json::to_vec(&envelope).map_err(|e| e.to_string());
+        let mut value: serde_json::Map<String, serde_json::Value> = match &self.data {
+            Some(path) => {
+                let text = read_file(path)?;
+                serde_json::from_slice(&text)
+                    .map_err(|e| format!("{} is not a JSON object: {e}", path.display()))?
+            }
+            None => match samples::of_type(&self.event_type) {
+                Some(mut envelope) => {
+                    envelope.id = EventId::new(id);
+                    return serde_json::to_vec(&envelope).map_err(|e| e.to_string());
+                }
+                // A type without a sample: an empty data object.
+                None => serde_json::Map::new(),
+            },
         };
-        let text = read_file(path)?;
-        let mut value: serde_json::Map<String, serde_json::Value> =
-            serde_json::from_slice(&text)
-                .map_err(|e| format!("{} is not a JSON object: {e}", path.display()))?;
         if !(value.contains_key("id") && value.contains_key("type")) {
             // The data object alone: wrap it in an envelope.
             let data = serde_json::Value::Object(value);
@@ -100,6 +112,21 @@ impl Send {
         value.insert("id".into(), id.into());
         value.insert("type".into(), self.event_type.clone().into());
         serde_json::to_vec(&value).map_err(|e| e.to_string())
+    }
+}
+
+/// The answer's code, or a hint where the answer has none: a receiver's
+/// router answered, not the webhook layer.
+fn code_or_hint(status: u16, body: &str) -> String {
+    match (status, body) {
+        (404, "") => {
+            "(no code: nothing is mounted at this path; check the path in --to)".to_owned()
+        }
+        (405, "") => {
+            "(no code: the route does not take POST; is the webhook layer on it?)".to_owned()
+        }
+        (_, "") => "(no code: this answer did not come from the webhook layer)".to_owned(),
+        (_, code) => code.to_owned(),
     }
 }
 

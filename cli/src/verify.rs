@@ -19,9 +19,14 @@ pub struct Verify {
         required = true
     )]
     secrets: Vec<String>,
-    /// The X-Cariosan-Signature value as captured.
+    /// The X-Cariosan-Signature value as captured (a pasted
+    /// "X-Cariosan-Signature: " in front is ignored).
     #[arg(long)]
     header: String,
+    /// The X-Cariosan-Event value as captured, to check against the body's
+    /// "type".
+    #[arg(long)]
+    event: Option<String>,
     /// The X-Cariosan-Delivery value as captured.
     #[arg(long)]
     delivery: String,
@@ -34,8 +39,9 @@ pub struct Verify {
 }
 
 impl Verify {
-    pub fn run(self) -> Result<ExitCode, String> {
+    pub fn run(mut self) -> Result<ExitCode, String> {
         let body = read_stdin()?;
+        self.header = strip_header_name(&self.header).to_owned();
         let now = self.now.unwrap_or_else(|| SystemClock.now());
         let mut failed: Option<&'static str> = None;
 
@@ -141,6 +147,10 @@ impl Verify {
             }
         }
 
+        if failed.is_none() {
+            failed = self.check_envelope(&body);
+        }
+
         match failed {
             None => {
                 println!("valid");
@@ -151,5 +161,58 @@ impl Verify {
                 Ok(ExitCode::FAILURE)
             }
         }
+    }
+}
+
+/// The value of a pasted `X-Cariosan-Signature: t=...` line.
+fn strip_header_name(header: &str) -> &str {
+    let trimmed = header.trim();
+    match trimmed.split_once(':') {
+        Some((name, value)) if name.trim().eq_ignore_ascii_case("x-cariosan-signature") => {
+            value.trim()
+        }
+        _ => trimmed,
+    }
+}
+
+impl Verify {
+    /// What the layer checks after the signature: the body is an envelope,
+    /// and its id and type equal the headers.
+    fn check_envelope(&self, body: &[u8]) -> Option<&'static str> {
+        use cariosan_webhooks::model::{Envelope, ParseError};
+        let (id, event_type) = match Envelope::from_slice(body) {
+            Ok(envelope) => (envelope.id.to_string(), envelope.event_type().to_owned()),
+            Err(ParseError::MalformedData(malformed)) => {
+                println!(
+                    "ok      envelope, but its data does not fit the model ({}): the receiver answers 500 event_malformed unless on_malformed takes it",
+                    malformed.error()
+                );
+                (
+                    malformed.id().to_string(),
+                    malformed.event_type().to_owned(),
+                )
+            }
+            Err(error) => {
+                println!("FAILED  envelope: {error} [envelope_invalid]");
+                return Some("envelope_invalid");
+            }
+        };
+        if id != self.delivery {
+            println!(
+                "FAILED  envelope: its id {id:?} is not the delivery id {:?} [envelope_mismatch]",
+                self.delivery
+            );
+            return Some("envelope_mismatch");
+        }
+        if let Some(expected) = &self.event {
+            if *expected != event_type {
+                println!(
+                    "FAILED  envelope: its type {event_type:?} is not the event header {expected:?} [envelope_mismatch]"
+                );
+                return Some("envelope_mismatch");
+            }
+        }
+        println!("ok      envelope: {event_type} {id}");
+        None
     }
 }

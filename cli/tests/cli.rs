@@ -234,10 +234,24 @@ async fn listen_prints_a_delivery_sent_by_send() {
         "{}",
         stdout(&sent)
     );
+    let forged = cli_async(vec![
+        "send".into(),
+        "member.updated".into(),
+        "--to".into(),
+        format!("http://{addr}/anything"),
+        "--secret".into(),
+        "whsec_forger".into(),
+    ])
+    .await;
+    assert!(
+        stdout(&forged).contains("-> 401 signature_mismatch"),
+        "{}",
+        stdout(&forged)
+    );
     let mut printed = Vec::new();
     while let Ok(line) = lines.recv_timeout(Duration::from_secs(5)) {
         printed.push(line);
-        if printed.iter().any(|l| l.contains("previous_role")) {
+        if printed.iter().any(|l| l.contains("rejected:")) {
             break;
         }
     }
@@ -245,12 +259,16 @@ async fn listen_prints_a_delivery_sent_by_send() {
     let _ = listener.wait();
     let printed = printed.join("\n");
     assert!(
-        printed.contains("member.updated evt_listen_1 attempt 1"),
-        "{printed}"
+        printed.contains("member.updated evt_listen_1 attempt 1 at 2026-11-22T"),
+        "an RFC 3339 time: {printed}"
     );
     assert!(
         printed.contains("\"previous_role\": \"member\""),
         "pretty JSON of the event: {printed}"
+    );
+    assert!(
+        printed.contains("rejected: 401 signature_mismatch"),
+        "rejections are printed: {printed}"
     );
     assert!(
         !printed.contains("\x1b["),
@@ -321,13 +339,176 @@ fn errors_are_one_line_and_a_non_zero_exit() {
         "{stderr}"
     );
     let output = Command::new(BIN)
-        .args(["send", "poll.closed", "--to", "http://127.0.0.1:1/x"])
+        .args([
+            "send",
+            "poll.closed",
+            "--to",
+            "http://127.0.0.1:1/x",
+            "--data",
+            "/nonexistent/data.json",
+        ])
         .env("CARIOSAN_WEBHOOK_SECRET", SECRET)
         .output()
         .unwrap();
+    assert_eq!(output.status.code(), Some(2));
     let stderr = String::from_utf8_lossy(&output.stderr);
+    assert_eq!(stderr.lines().count(), 1, "{stderr}");
     assert!(
-        stderr.starts_with("error: no sample for \"poll.closed\""),
+        stderr.starts_with("error: cannot read /nonexistent/data.json"),
         "{stderr}"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn send_an_unknown_type_with_an_empty_data_object_and_hint_at_a_404() {
+    let receiver = ReceiverProcess::start(&[]);
+    let url = format!("http://{}/webhooks/cariosan", receiver.addr);
+    let sent = cli_async(vec![
+        "send".into(),
+        "poll.closed".into(),
+        "--to".into(),
+        url,
+    ])
+    .await;
+    assert!(
+        sent.status.success(),
+        "{}{}",
+        stdout(&sent),
+        String::from_utf8_lossy(&sent.stderr)
+    );
+    assert!(
+        stdout(&sent).contains("-> 200 handled"),
+        "{}",
+        stdout(&sent)
+    );
+    let line = receiver.line(Duration::from_secs(10)).unwrap();
+    assert!(line.starts_with("handled poll.closed evt_cli_"), "{line}");
+    assert!(
+        line.ends_with("unknown type, 2 bytes of data"),
+        "an empty data object: {line}"
+    );
+
+    let wrong = format!("http://{}/webhook", receiver.addr);
+    let missed = cli_async(vec![
+        "send".into(),
+        "message.created".into(),
+        "--to".into(),
+        wrong,
+    ])
+    .await;
+    assert!(!missed.status.success());
+    assert!(
+        stdout(&missed)
+            .contains("-> 404 (no code: nothing is mounted at this path; check the path in --to)"),
+        "{}",
+        stdout(&missed)
+    );
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn send_with_attempts_retries_a_refused_connection() {
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
+    let addr = format!("127.0.0.1:{port}");
+    let sender = tokio::spawn(cli_async(vec![
+        "send".into(),
+        "webhook.ping".into(),
+        "--to".into(),
+        format!("http://{addr}/webhooks/cariosan"),
+        "--attempts".into(),
+        "20".into(),
+        "--retry-delay".into(),
+        "0.5".into(),
+    ]));
+    tokio::time::sleep(Duration::from_millis(800)).await;
+    let _receiver = tokio::task::spawn_blocking(move || {
+        ReceiverProcess::start(&[("CARIOSAN_WEBHOOK_ADDR", addr.as_str())])
+    })
+    .await
+    .unwrap();
+    let sent = sender.await.unwrap();
+    let printed = stdout(&sent);
+    assert!(sent.status.success(), "{printed}");
+    assert!(
+        printed.contains("attempt 1 -> cannot connect to 127.0.0.1"),
+        "{printed}"
+    );
+    assert!(printed.contains("-> 200 handled"), "{printed}");
+}
+
+#[test]
+fn sign_takes_the_delivery_id_from_the_body_and_refuses_another() {
+    let body = fixture("events/message.created.json");
+    let signed = cli(&["sign", "--timestamp", "1795000000"], &body);
+    assert!(
+        signed.status.success(),
+        "{}",
+        String::from_utf8_lossy(&signed.stderr)
+    );
+    assert!(
+        stdout(&signed).contains("x-cariosan-delivery: evt_01JDB7Q3KX2W9V0M4T8R6N5P1A"),
+        "{}",
+        stdout(&signed)
+    );
+    let mismatch = cli(&["sign", "--delivery", "evt_1"], &body);
+    assert_eq!(mismatch.status.code(), Some(2));
+    let stderr = String::from_utf8_lossy(&mismatch.stderr);
+    assert!(
+        stderr.contains("differs from the body's id evt_01JDB7Q3KX2W9V0M4T8R6N5P1A"),
+        "{stderr}"
+    );
+}
+
+#[test]
+fn verify_checks_the_envelope_and_takes_a_pasted_header_line() {
+    let id = "evt_01JDB7Q3KX2W9V0M4T8R6N5P1A";
+    let body = fixture("events/message.created.json");
+    let run = |id: &str, body: &[u8], extra: &[&str]| {
+        let header = format!(
+            "X-Cariosan-Signature: {}",
+            independent_signature(SECRET, id, 1_795_000_000, body)
+        );
+        let mut args = vec![
+            "verify",
+            "--delivery",
+            id,
+            "--header",
+            &header,
+            "--now",
+            "1795000000",
+        ];
+        args.extend_from_slice(extra);
+        let output = cli(&args, body);
+        (output.status.code(), stdout(&output))
+    };
+    let (code, printed) = run(id, &body, &["--event", "message.created"]);
+    assert_eq!(code, Some(0), "{printed}");
+    assert!(
+        printed.contains("ok      envelope: message.created"),
+        "{printed}"
+    );
+
+    let (code, printed) = run(id, b"not json", &[]);
+    assert_eq!(code, Some(1), "{printed}");
+    assert!(printed.contains("[envelope_invalid]"), "{printed}");
+    assert!(
+        printed.ends_with("invalid: envelope_invalid\n"),
+        "{printed}"
+    );
+
+    let other = with_id(&body, "evt_other");
+    let (code, printed) = run(id, &other, &[]);
+    assert_eq!(code, Some(1), "{printed}");
+    assert!(printed.contains("invalid: envelope_mismatch"), "{printed}");
+
+    let (code, printed) = run(id, &body, &["--event", "message.updated"]);
+    assert_eq!(code, Some(1), "{printed}");
+    assert!(
+        printed
+            .contains("its type \"message.created\" is not the event header \"message.updated\""),
+        "{printed}"
     );
 }

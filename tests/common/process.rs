@@ -58,7 +58,16 @@ impl ReceiverProcess {
             .local_addr()
             .unwrap()
             .port();
-        let addr: SocketAddr = format!("127.0.0.1:{port}").parse().unwrap();
+        // An address the test chose wins over a free port.
+        let addr: SocketAddr = env
+            .iter()
+            .find(|(key, _)| *key == "CARIOSAN_WEBHOOK_ADDR")
+            .map_or_else(
+                || format!("127.0.0.1:{port}"),
+                |(_, addr)| (*addr).to_owned(),
+            )
+            .parse()
+            .unwrap();
         let mut command = Command::new(example_binary("receiver"));
         command
             .env("CARIOSAN_WEBHOOK_SECRET", super::SECRET)
