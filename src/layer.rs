@@ -73,6 +73,16 @@ impl CariosanWebhookLayer {
         )
     }
 
+    /// Both layers with the defaults, for several workspaces: `resolver`
+    /// chooses each request's tenant and its secrets. See
+    /// [`TenantResolver`](crate::verification::TenantResolver).
+    pub fn for_tenants(resolver: impl crate::verification::TenantResolver) -> Self {
+        Self::from_layers(
+            VerificationLayer::for_tenants(resolver),
+            DeliveryLayer::new(),
+        )
+    }
+
     /// These two layers, stacked.
     pub fn from_layers(verification: VerificationLayer, delivery: DeliveryLayer) -> Self {
         Self {

@@ -93,6 +93,7 @@
 //! | 400 | `envelope_invalid`, `envelope_mismatch` | [`verification`] | the signed body is not an envelope, or its `id`/`type` disagree with the headers |
 //! | 400 | `body_read_failed` | [`verification`] | the client broke off the body |
 //! | 401 | `signature_missing`, `signature_malformed`, `timestamp_too_old`, `timestamp_too_new`, `signature_mismatch` | [`verification`] | the signature did not verify |
+//! | 404 | `unknown_tenant` | [`verification`] | with several workspaces, the resolver knows no tenant for the request |
 //! | 405 | `method_not_allowed` | [`verification`] | not a `POST` (with `Allow: POST`) |
 //! | 408 | `body_timeout` | [`verification`] | the body did not arrive within the read timeout |
 //! | 413 | `body_too_large` | [`verification`] | the body is over the limit (1 MiB by default) |
@@ -106,7 +107,7 @@
 //! | 503 | `run_cancelled` | [`delivery`] | the run passed `max_run_time`, or lost its lease: dropped, the delivery freed |
 //! | 503 | `overloaded` | [`delivery`] | as many runs as allowed (256) are under way |
 //! | 503 | `shutting_down` | [`delivery`] | the receiver is draining |
-//! | 503 | `store_unavailable` | [`delivery`] | the backend (Redis, a pool) failed or did not answer in time |
+//! | 503 | `store_unavailable` | [`delivery`], [`verification`] | the backend (Redis, a pool) or the tenant resolver failed or did not answer in time |
 //!
 //! Every `503` carries `Retry-After`. The rejections are typed per
 //! audience: [`verification::Rejection`], [`delivery::Rejection`], the
@@ -121,6 +122,7 @@
 //! | `redis` | no | `store::RedisStore`, an idempotency store shared by several replicas |
 //! | `postgres` | no | `store::postgres`: deliveries recorded in the handlers' own PostgreSQL transaction, for exactly-once database effects (sqlx) |
 //! | `ring` | no | HMAC-SHA256 from `ring`'s assembly instead of `hmac` + `sha2`: 1.6 to 1.8× faster on CPUs without SHA extensions (needs a C compiler) |
+//! | `metrics` | no | counters, gauges and histograms through the `metrics` facade: see [`metrics`] |
 //! | `test-util` | no | `test_util`: signed test requests, a [`Delivery`] for unit tests, sample events of every type |
 //!
 //! With `default-features = false`, only [`protocol`], [`verify`] and

@@ -120,12 +120,18 @@ impl DeliveryBackend for LeaseBackend {
         } else {
             self.lease.saturating_add(max_run_time)
         };
-        let claim = self.store.claim(delivery.id().as_str(), lease);
+        // Delivery ids are unique per endpoint only: a tenant's joins its
+        // name, after a separator no id may contain.
+        let key = delivery
+            .tenant()
+            .map(|tenant| format!("{tenant}\u{1f}{}", delivery.id()));
         Box::pin(async move {
-            Ok(match claim.await? {
+            let id = key.as_deref().unwrap_or(delivery.id().as_str());
+            Ok(match self.store.claim(id, lease).await? {
                 Claim::Claimed(token) => Begin::Started(Arc::new(LeaseGuard {
                     store: self.store.clone(),
                     delivery: delivery.clone(),
+                    key,
                     token,
                     lease: renews.then_some(self.lease),
                     retention: self.retention,
@@ -141,6 +147,8 @@ impl DeliveryBackend for LeaseBackend {
 struct LeaseGuard {
     store: Arc<dyn IdempotencyStore>,
     delivery: VerifiedDelivery,
+    /// The store key, when it is not the delivery id alone.
+    key: Option<String>,
     token: ClaimToken,
     lease: Option<Duration>,
     retention: Duration,
@@ -148,7 +156,7 @@ struct LeaseGuard {
 
 impl LeaseGuard {
     fn id(&self) -> &str {
-        self.delivery.id().as_str()
+        self.key.as_deref().unwrap_or(self.delivery.id().as_str())
     }
 }
 

@@ -32,7 +32,7 @@ mod memory;
 #[cfg(feature = "postgres")]
 pub mod postgres;
 #[cfg(feature = "redis")]
-mod redis;
+pub mod redis;
 
 use std::fmt;
 use std::time::Duration;

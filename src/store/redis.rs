@@ -1,3 +1,5 @@
+//! [`RedisStore`]: an idempotency store shared by replicas, and its limits.
+
 use std::collections::HashMap;
 use std::future::Future;
 use std::sync::{Arc, Mutex};

@@ -4,6 +4,7 @@ use std::time::Duration;
 use tower_layer::Layer;
 
 use super::service::VerificationService;
+use super::tenant::TenantResolver;
 use crate::protocol::MAX_BODY_LEN;
 use crate::verify::{Clock, ConfigError, Secret, Verifier};
 
@@ -24,11 +25,23 @@ pub struct VerificationLayer {
     pub(crate) config: Arc<VerifyConfig>,
 }
 
-#[derive(Clone, Debug)]
+#[derive(Clone)]
 pub(crate) struct VerifyConfig {
     pub(crate) verifier: Verifier,
+    pub(crate) tenants: Option<Arc<dyn TenantResolver>>,
     pub(crate) body_limit: usize,
     pub(crate) body_timeout: Duration,
+}
+
+impl std::fmt::Debug for VerifyConfig {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("VerifyConfig")
+            .field("verifier", &self.verifier)
+            .field("tenants", &self.tenants.is_some())
+            .field("body_limit", &self.body_limit)
+            .field("body_timeout", &self.body_timeout)
+            .finish()
+    }
 }
 
 impl VerificationLayer {
@@ -52,10 +65,23 @@ impl VerificationLayer {
         Self {
             config: Arc::new(VerifyConfig {
                 verifier,
+                tenants: None,
                 body_limit: DEFAULT_BODY_LIMIT,
                 body_timeout: DEFAULT_BODY_TIMEOUT,
             }),
         }
+    }
+
+    /// A layer for several workspaces: `resolver` chooses each request's
+    /// tenant, and its secrets, before the body is read. See
+    /// [`TenantResolver`].
+    pub fn for_tenants(resolver: impl TenantResolver) -> Self {
+        // Never used: every request is verified with its tenant's verifier.
+        let unused = Verifier::new(crate::store::ClaimToken::random().as_str())
+            .expect("a token is never empty");
+        let mut layer = Self::from_verifier(unused);
+        layer.config_mut().tenants = Some(Arc::new(resolver));
+        layer
     }
 
     fn config_mut(&mut self) -> &mut VerifyConfig {

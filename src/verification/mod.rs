@@ -28,7 +28,9 @@
 mod layer;
 mod rejection;
 mod service;
+mod tenant;
 
 pub use layer::{VerificationLayer, DEFAULT_BODY_LIMIT, DEFAULT_BODY_TIMEOUT};
 pub use rejection::Rejection;
 pub use service::VerificationService;
+pub use tenant::{Tenant, TenantQuery, TenantResolver};

@@ -31,6 +31,12 @@ pub enum Rejection {
     /// The headers, the signature or the envelope did not verify: `400` or
     /// `401` with the [`DeliveryError::code`].
     Delivery(DeliveryError),
+    /// The tenant resolver knows no tenant for this request.
+    /// `404 unknown_tenant`.
+    UnknownTenant,
+    /// The tenant resolver failed or did not answer in time.
+    /// `503 store_unavailable` with `Retry-After`.
+    TenantUnavailable,
 }
 
 impl Rejection {
@@ -45,6 +51,8 @@ impl Rejection {
             Self::Delivery(error) => {
                 StatusCode::from_u16(error.status_code()).unwrap_or(StatusCode::BAD_REQUEST)
             }
+            Self::UnknownTenant => StatusCode::NOT_FOUND,
+            Self::TenantUnavailable => StatusCode::SERVICE_UNAVAILABLE,
         }
     }
 
@@ -57,6 +65,8 @@ impl Rejection {
             Self::BodyTimeout => "body_timeout",
             Self::BodyReadFailed => "body_read_failed",
             Self::Delivery(error) => error.code(),
+            Self::UnknownTenant => "unknown_tenant",
+            Self::TenantUnavailable => "store_unavailable",
         }
     }
 
@@ -68,7 +78,9 @@ impl Rejection {
     /// The answer as an HTTP response: the status, the code as
     /// `text/plain`, and `Allow: POST` on a 405.
     pub fn to_response(&self) -> Response<BytesBody> {
-        let mut response = answer(self.status(), self.code(), None);
+        let retry_after =
+            matches!(self, Self::TenantUnavailable).then_some(crate::delivery::DEFAULT_RETRY_AFTER);
+        let mut response = answer(self.status(), self.code(), retry_after);
         if matches!(self, Self::MethodNotAllowed) {
             response
                 .headers_mut()
@@ -89,6 +101,12 @@ impl fmt::Display for Rejection {
             Self::BodyTimeout => f.write_str("Failed to read the body in time"),
             Self::BodyReadFailed => f.write_str("Failed to read the body"),
             Self::Delivery(error) => fmt::Display::fmt(error, f),
+            Self::UnknownTenant => {
+                f.write_str("Failed to accept the delivery: no tenant for this request")
+            }
+            Self::TenantUnavailable => {
+                f.write_str("Failed to resolve the request's tenant in time")
+            }
         }
     }
 }

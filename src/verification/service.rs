@@ -10,6 +10,7 @@ use tracing::{field, Instrument, Span};
 
 use super::layer::VerifyConfig;
 use super::rejection::Rejection;
+use super::tenant::TenantQuery;
 use crate::future::ResponseFuture;
 use crate::response::{code_of, own, BytesBody, ResponseBody};
 use crate::verify::{Clock, DeliveryHeaders};
@@ -96,14 +97,45 @@ where
     ReqBody::Error: Into<BoxError>,
 {
     let (mut parts, body) = request.into_parts();
-    let bytes = match read_body(body, &config).await {
+    let deadline = tokio::time::Instant::now() + config.body_timeout;
+    let tenant = match &config.tenants {
+        None => None,
+        Some(resolver) => {
+            let query = TenantQuery {
+                uri: parts.uri.clone(),
+                headers: parts.headers.clone(),
+            };
+            let rejection = match tokio::time::timeout_at(deadline, resolver.resolve(query)).await {
+                Ok(Ok(Some(tenant))) => Ok(tenant.into_parts()),
+                Ok(Ok(None)) => Err(Rejection::UnknownTenant),
+                Ok(Err(error)) => {
+                    tracing::error!(%error, "the tenant resolver failed");
+                    Err(Rejection::TenantUnavailable)
+                }
+                Err(_elapsed) => {
+                    tracing::error!("the tenant resolver did not answer within the body timeout");
+                    Err(Rejection::TenantUnavailable)
+                }
+            };
+            match rejection {
+                Ok(tenant) => Some(tenant),
+                Err(rejection) => {
+                    return Ok(own(reject(&rejection, header_event_type(&parts.headers))))
+                }
+            }
+        }
+    };
+    let bytes = match read_body(body, &config, deadline).await {
         Ok(bytes) => bytes,
         Err(rejection) => return Ok(own(reject(&rejection, header_event_type(&parts.headers)))),
     };
+    let verifier = tenant
+        .as_ref()
+        .map_or(&config.verifier, |(_, verifier)| verifier);
     let verified = DeliveryHeaders::from_header_map(&parts.headers)
-        .and_then(|headers| config.verifier.verify_delivery(&headers, &bytes));
+        .and_then(|headers| verifier.verify_delivery(&headers, &bytes));
     let delivery = match verified {
-        Ok(delivery) => delivery,
+        Ok(delivery) => delivery.with_tenant(tenant.map(|(id, _)| id)),
         Err(error) => {
             let event_type = header_event_type(&parts.headers);
             return Ok(own(reject(&Rejection::Delivery(error), event_type)));
@@ -134,17 +166,18 @@ where
     Ok(response.map(ResponseBody::inner))
 }
 
-/// Reads the body within the limit and the timeout.
-async fn read_body<B>(body: B, config: &VerifyConfig) -> Result<Bytes, Rejection>
+/// Reads the body within the limit, by the deadline.
+async fn read_body<B>(
+    body: B,
+    config: &VerifyConfig,
+    deadline: tokio::time::Instant,
+) -> Result<Bytes, Rejection>
 where
     B: Body,
     B::Error: Into<BoxError>,
 {
-    let collected = tokio::time::timeout(
-        config.body_timeout,
-        Limited::new(body, config.body_limit).collect(),
-    )
-    .await;
+    let collected =
+        tokio::time::timeout_at(deadline, Limited::new(body, config.body_limit).collect()).await;
     match collected {
         Err(_elapsed) => Err(Rejection::BodyTimeout),
         Ok(Err(error)) if error.is::<LengthLimitError>() => Err(Rejection::BodyTooLarge),

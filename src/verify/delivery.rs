@@ -293,8 +293,9 @@ impl Verifier {
 #[derive(Debug, Clone)]
 pub struct VerifiedDelivery(Arc<Inner>);
 
-#[derive(Debug)]
+#[derive(Debug, Clone)]
 struct Inner {
+    tenant: Option<Arc<str>>,
     attempt: Option<u32>,
     signed_at: i64,
     secret_index: usize,
@@ -309,11 +310,28 @@ impl VerifiedDelivery {
         payload: Result<Envelope, Arc<MalformedEvent>>,
     ) -> Self {
         Self(Arc::new(Inner {
+            tenant: None,
             attempt,
             signed_at,
             secret_index,
             payload,
         }))
+    }
+
+    /// This delivery, of `tenant` (a workspace, when one receiver serves
+    /// several).
+    pub(crate) fn with_tenant(mut self, tenant: Option<Arc<str>>) -> Self {
+        if tenant.is_some() {
+            // Fresh from verification, so not shared: no copy is made.
+            Arc::make_mut(&mut self.0).tenant = tenant;
+        }
+        self
+    }
+
+    /// The tenant this delivery came for, when the verification layer serves
+    /// several workspaces: it joins the delivery id in every store's key.
+    pub fn tenant(&self) -> Option<&str> {
+        self.0.tenant.as_deref()
     }
 
     /// The delivery id (`X-Cariosan-Delivery`, equal to the envelope's

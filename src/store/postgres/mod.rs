@@ -221,7 +221,7 @@ fn postgres_error(error: sqlx::Error) -> StoreError {
     StoreError::new(format!("PostgreSQL: {error}"))
 }
 
-/// The tenant of a key, until receivers of several workspaces name theirs.
+/// The tenant of a key when the receiver serves one workspace.
 const NO_TENANT: &str = "";
 
 impl DeliveryBackend for PostgresBackend {
@@ -244,7 +244,7 @@ impl DeliveryBackend for PostgresBackend {
             let locked: bool = sqlx::query_scalar(
                 "SELECT pg_try_advisory_xact_lock(hashtextextended($1 || chr(31) || $2, 0))",
             )
-            .bind(NO_TENANT)
+            .bind(delivery.tenant().unwrap_or(NO_TENANT))
             .bind(id)
             .fetch_one(&mut *tx)
             .await
@@ -256,7 +256,7 @@ impl DeliveryBackend for PostgresBackend {
                 "SELECT outcome FROM {}.handled_deliveries WHERE tenant = $1 AND delivery_id = $2",
                 self.schema
             ))
-            .bind(NO_TENANT)
+            .bind(delivery.tenant().unwrap_or(NO_TENANT))
             .bind(id)
             .fetch_optional(&mut *tx)
             .await
@@ -307,7 +307,7 @@ impl DeliveryGuard for TransactionGuard {
                  VALUES ($1, $2, $3, $4, $5)",
                 self.schema
             ))
-            .bind(NO_TENANT)
+            .bind(self.delivery.tenant().unwrap_or(NO_TENANT))
             .bind(self.delivery.id().as_str())
             .bind(self.delivery.event_type())
             .bind(outcome)
