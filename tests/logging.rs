@@ -25,6 +25,18 @@ impl Write for Captured {
     }
 }
 
+/// Captures this thread's logs at `level` and above until the guard drops.
+fn capture(level: tracing::Level) -> (Captured, tracing::subscriber::DefaultGuard) {
+    let captured = Captured::default();
+    let writer = captured.clone();
+    let subscriber = tracing_subscriber::fmt()
+        .with_max_level(level)
+        .with_writer(move || writer.clone())
+        .with_ansi(false)
+        .finish();
+    (captured, tracing::subscriber::set_default(subscriber))
+}
+
 fn request(
     id: &str,
     event_type: &str,
@@ -40,14 +52,7 @@ fn request(
 
 #[tokio::test]
 async fn logs_carry_the_delivery_and_never_the_body_secret_or_mac() {
-    let captured = Captured::default();
-    let writer = captured.clone();
-    let subscriber = tracing_subscriber::fmt()
-        .with_max_level(tracing::Level::TRACE)
-        .with_writer(move || writer.clone())
-        .with_ansi(false)
-        .finish();
-    let _guard = tracing::subscriber::set_default(subscriber);
+    let (captured, _guard) = capture(tracing::Level::TRACE);
 
     let app = Router::new().route(
         "/webhooks/cariosan",
@@ -115,14 +120,7 @@ async fn logs_carry_the_delivery_and_never_the_body_secret_or_mac() {
 
 #[tokio::test]
 async fn every_delivery_outcome_is_logged_at_info() {
-    let captured = Captured::default();
-    let writer = captured.clone();
-    let subscriber = tracing_subscriber::fmt()
-        .with_max_level(tracing::Level::INFO)
-        .with_writer(move || writer.clone())
-        .with_ansi(false)
-        .finish();
-    let _guard = tracing::subscriber::set_default(subscriber);
+    let (captured, _guard) = capture(tracing::Level::INFO);
     let app = Router::new().route(
         "/webhooks/cariosan",
         post_service(Webhooks::new().on_any(|_| async { Ok(()) }))

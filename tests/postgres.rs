@@ -99,22 +99,6 @@ async fn replica(server: &PostgresServer, webhooks: Webhooks) -> std::net::Socke
     serve(Router::new().route("/webhooks/cariosan", post_service(webhooks).layer(layer))).await
 }
 
-fn message(id: &str, content: &str) -> Vec<u8> {
-    let body = String::from_utf8(with_id(&fixture("events/message.created.json"), id)).unwrap();
-    body.replace("Halo, pesanan saya sudah dikirim?", content)
-        .into_bytes()
-}
-
-async fn deliver(addr: std::net::SocketAddr, id: &str, attempt: u32, body: &[u8]) -> Reply {
-    let mut headers = delivery_headers(
-        id,
-        "message.created",
-        &independent_signature(SECRET, id, now(), body),
-    );
-    headers[4].1 = attempt.to_string();
-    send(addr, &headers, body).await
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 #[ignore = "needs PostgreSQL (initdb, pg_ctl); .ci/run installs postgresql and runs the ignored tests"]
 async fn concurrent_copies_across_two_replicas_commit_one_row_and_a_failure_none() {
@@ -126,11 +110,11 @@ async fn concurrent_copies_across_two_replicas_commit_one_row_and_a_failure_none
     ];
     let check = pool(&server, 2).await;
 
-    let body = message("evt_pg_copies", "slow");
+    let body = message_with("evt_pg_copies", "slow");
     let answers = futures_util::future::join_all((0..16).map(|n| {
         let body = body.clone();
         async move {
-            let reply = deliver(replicas[n % 2], "evt_pg_copies", 1, &body).await;
+            let reply = send_attempt(replicas[n % 2], "evt_pg_copies", 1, &body).await;
             (reply.status, reply.body)
         }
     }))
@@ -143,19 +127,19 @@ async fn concurrent_copies_across_two_replicas_commit_one_row_and_a_failure_none
         "{answers:?}"
     );
     assert_eq!(rows(&check, "evt_pg_copies").await, 1, "{answers:?}");
-    let again = deliver(replicas[1], "evt_pg_copies", 2, &body).await;
+    let again = send_attempt(replicas[1], "evt_pg_copies", 2, &body).await;
     assert_eq!((again.status, again.body.as_str()), (200, "duplicate"));
     assert_eq!(rows(&check, "evt_pg_copies").await, 1);
 
-    let failing = message("evt_pg_fail", "fail1");
-    let first = deliver(replicas[0], "evt_pg_fail", 1, &failing).await;
+    let failing = message_with("evt_pg_fail", "fail1");
+    let first = send_attempt(replicas[0], "evt_pg_fail", 1, &failing).await;
     assert_eq!((first.status, first.body.as_str()), (500, "handler_failed"));
     assert_eq!(
         rows(&check, "evt_pg_fail").await,
         0,
         "the failed run's write rolled back"
     );
-    let retry = deliver(replicas[1], "evt_pg_fail", 2, &failing).await;
+    let retry = send_attempt(replicas[1], "evt_pg_fail", 2, &failing).await;
     assert_eq!((retry.status, retry.body.as_str()), (200, "handled"));
     assert_eq!(
         rows(&check, "evt_pg_fail").await,
@@ -171,9 +155,9 @@ async fn a_terminated_connection_mid_handler_answers_non_2xx_and_commits_nothing
     let pid = Arc::new(AtomicI32::new(0));
     let addr = replica(&server, effects(pid.clone())).await;
     let check = pool(&server, 2).await;
-    let body = message("evt_pg_term", "pid");
+    let body = message_with("evt_pg_term", "pid");
     let sent = body.clone();
-    let in_flight = tokio::spawn(async move { deliver(addr, "evt_pg_term", 1, &sent).await });
+    let in_flight = tokio::spawn(async move { send_attempt(addr, "evt_pg_term", 1, &sent).await });
     let started = Instant::now();
     while pid.load(Ordering::SeqCst) == 0 {
         assert!(
@@ -201,7 +185,7 @@ async fn a_terminated_connection_mid_handler_answers_non_2xx_and_commits_nothing
     );
     assert_eq!(rows(&check, "evt_pg_term").await, 0);
     pid.store(0, Ordering::SeqCst);
-    let retry = deliver(addr, "evt_pg_term", 2, &body).await;
+    let retry = send_attempt(addr, "evt_pg_term", 2, &body).await;
     assert_eq!((retry.status, retry.body.as_str()), (200, "handled"));
     assert_eq!(rows(&check, "evt_pg_term").await, 1);
 }
@@ -223,10 +207,10 @@ async fn postgres_restarted_during_a_run_of_deliveries_leaves_one_row_each() {
     let mut unavailable = 0;
     for n in 0..20 {
         let id = format!("evt_pg_restart_{n:02}");
-        let body = message(&id, "slow");
+        let body = message_with(&id, "slow");
         let mut attempt = 1;
         loop {
-            let reply = deliver(addr, &id, attempt, &body).await;
+            let reply = send_attempt(addr, &id, attempt, &body).await;
             if (200..300).contains(&reply.status) {
                 break;
             }

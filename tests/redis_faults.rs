@@ -89,22 +89,6 @@ async fn replica(
     serve(app).await
 }
 
-fn message(id: &str, content: &str) -> Vec<u8> {
-    let body = String::from_utf8(with_id(&fixture("events/message.created.json"), id)).unwrap();
-    body.replace("Halo, pesanan saya sudah dikirim?", content)
-        .into_bytes()
-}
-
-async fn deliver(addr: std::net::SocketAddr, id: &str, attempt: u32, body: &[u8]) -> Reply {
-    let mut headers = delivery_headers(
-        id,
-        "message.created",
-        &independent_signature(SECRET, id, now(), body),
-    );
-    headers[4].1 = attempt.to_string();
-    send(addr, &headers, body).await
-}
-
 /// Retries as the sender would, from `attempt` on, every `pause`, until a
 /// 2xx or `within` passes; the answers.
 async fn retry_until_acknowledged(
@@ -118,7 +102,7 @@ async fn retry_until_acknowledged(
     let started = Instant::now();
     let mut answers = Vec::new();
     loop {
-        let reply = deliver(addr, id, attempt, body).await;
+        let reply = send_attempt(addr, id, attempt, body).await;
         answers.push((reply.status, reply.body.clone()));
         if (200..300).contains(&reply.status) || started.elapsed() > within {
             return answers;
@@ -148,8 +132,8 @@ async fn redis_paused_past_the_lease_the_first_run_is_cancelled_before_the_secon
         replica(&redis, layer(), &runs).await,
         replica(&redis, layer(), &runs).await,
     );
-    let body = message("evt_pause", "sleep:6000");
-    let first = deliver(a, "evt_pause", 1, &body).await;
+    let body = message_with("evt_pause", "sleep:6000");
+    let first = send_attempt(a, "evt_pause", 1, &body).await;
     assert_eq!(
         (first.status, first.body.as_str()),
         (503, "handler_still_running")
@@ -197,8 +181,8 @@ async fn a_graceful_restart_with_persistence_mid_handler_loses_no_completion() {
         replica(&redis, layer(), &runs).await,
         replica(&redis, layer(), &runs).await,
     );
-    let body = message("evt_graceful", "sleep:2000");
-    let first = deliver(a, "evt_graceful", 1, &body).await;
+    let body = message_with("evt_graceful", "sleep:2000");
+    let first = send_attempt(a, "evt_graceful", 1, &body).await;
     assert_eq!(
         (first.status, first.body.as_str()),
         (503, "handler_still_running")
@@ -219,7 +203,7 @@ async fn a_graceful_restart_with_persistence_mid_handler_loses_no_completion() {
     )
     .await;
     assert!(acknowledged(&answers), "{answers:?}");
-    let again = deliver(a, "evt_graceful", 99, &body).await;
+    let again = send_attempt(a, "evt_graceful", 99, &body).await;
     assert_eq!((again.status, again.body.as_str()), (200, "duplicate"));
     let all = runs.all();
     assert_eq!(all.len(), 1, "exactly one run: {all:?}");
@@ -241,8 +225,8 @@ async fn redis_killed_and_restarted_empty_mid_handler_cancels_the_first_run_with
         replica(&redis, layer(), &runs).await,
         replica(&redis, layer(), &runs).await,
     );
-    let body = message("evt_lost", "sleep:3000");
-    let first = deliver(a, "evt_lost", 1, &body).await;
+    let body = message_with("evt_lost", "sleep:3000");
+    let first = send_attempt(a, "evt_lost", 1, &body).await;
     assert_eq!(
         (first.status, first.body.as_str()),
         (503, "handler_still_running")
@@ -275,7 +259,7 @@ async fn redis_killed_and_restarted_empty_mid_handler_cancels_the_first_run_with
         overlap <= bound,
         "overlap {overlap:?} over the bound {bound:?}: {all:?}"
     );
-    let again = deliver(a, "evt_lost", 99, &body).await;
+    let again = send_attempt(a, "evt_lost", 99, &body).await;
     assert_eq!((again.status, again.body.as_str()), (200, "duplicate"));
 }
 
@@ -293,19 +277,19 @@ async fn a_hung_handler_is_cancelled_at_the_hard_limit_and_its_retry_runs_once()
         replica(&redis, layer(), &runs).await,
         replica(&redis, layer(), &runs).await,
     );
-    let body = message("evt_hung", "hang1");
+    let body = message_with("evt_hung", "hang1");
     let started = Instant::now();
-    let first = deliver(a, "evt_hung", 1, &body).await;
+    let first = send_attempt(a, "evt_hung", 1, &body).await;
     assert_eq!((first.status, first.body.as_str()), (503, "run_cancelled"));
     assert!(started.elapsed() < Duration::from_secs(3));
-    let retry = deliver(b, "evt_hung", 2, &body).await;
+    let retry = send_attempt(b, "evt_hung", 2, &body).await;
     assert_eq!(
         (retry.status, retry.body.as_str()),
         (200, "handled"),
         "the claim was released"
     );
     // The permit was freed too: replica A (one permit) takes new work.
-    let other = deliver(a, "evt_other", 1, &message("evt_other", "sleep:10")).await;
+    let other = send_attempt(a, "evt_other", 1, &message_with("evt_other", "sleep:10")).await;
     assert_eq!((other.status, other.body.as_str()), (200, "handled"));
     let all = runs.all();
     assert_eq!(all.iter().filter(|r| r.finished).count(), 2, "{all:?}");

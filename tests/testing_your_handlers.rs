@@ -18,6 +18,22 @@ use tower::ServiceExt;
 
 const SECRET: &str = "whsec_test";
 
+/// The sample reply, edited: its sender is blocked. Payloads are shared, so
+/// `make_mut` gives the test its own copy to edit.
+fn reply_from_a_blocked_sender() -> cariosan_webhooks::model::Envelope {
+    let mut envelope = samples::message_created_reply();
+    let cariosan_webhooks::model::Event::MessageCreated(created) = &mut envelope.event else {
+        unreachable!("the sample is a message.created")
+    };
+    std::sync::Arc::make_mut(created)
+        .message
+        .sender
+        .as_mut()
+        .expect("the sample has a sender")
+        .external_id = "user_blocked".into();
+    envelope
+}
+
 /// A handler as an application writes it: a plain async function.
 async fn refuse_blocked_senders(event: Delivery<MessageCreated>) -> HandlerResult {
     match &event.message.sender {
@@ -40,16 +56,7 @@ async fn a_handler_function_called_directly_with_a_test_delivery() {
     let mut blocked: Delivery<MessageCreated> = delivery(samples::message_created_reply());
     assert_eq!(blocked.attempt, Some(1));
     blocked.attempt = Some(4);
-    let mut envelope = samples::message_created_reply();
-    let cariosan_webhooks::model::Event::MessageCreated(created) = &mut envelope.event else {
-        unreachable!()
-    };
-    std::sync::Arc::make_mut(created)
-        .message
-        .sender
-        .as_mut()
-        .unwrap()
-        .external_id = "user_blocked".into();
+    let envelope = reply_from_a_blocked_sender();
     let error = refuse_blocked_senders(delivery(envelope))
         .await
         .unwrap_err();
@@ -112,17 +119,7 @@ async fn a_reply_with_mentions_is_recorded() {
 
 #[tokio::test]
 async fn an_edited_sample_drives_the_failure_path() {
-    let mut envelope = samples::message_created_reply();
-    let cariosan_webhooks::model::Event::MessageCreated(created) = &mut envelope.event else {
-        unreachable!()
-    };
-    // Payloads are shared: make_mut gives this test its own copy to edit.
-    std::sync::Arc::make_mut(created)
-        .message
-        .sender
-        .as_mut()
-        .unwrap()
-        .external_id = "user_blocked".into();
+    let envelope = reply_from_a_blocked_sender();
     let request = TestDelivery::event(envelope)
         .secret(SECRET)
         .into_request("/webhooks/cariosan");

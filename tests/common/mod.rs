@@ -166,6 +166,25 @@ pub async fn send(addr: SocketAddr, headers: &[(String, String)], body: &[u8]) -
     raw(addr, &request(&headers, body)).await
 }
 
+/// A `message.created` delivery's body under `id`, with `content` as the
+/// message's text: tests make handlers behave by what the text says.
+pub fn message_with(id: &str, content: &str) -> Vec<u8> {
+    let body = String::from_utf8(with_id(&fixture("events/message.created.json"), id)).unwrap();
+    body.replace("Halo, pesanan saya sudah dikirim?", content)
+        .into_bytes()
+}
+
+/// Sends a `message.created` delivery signed now, as attempt `attempt`.
+pub async fn send_attempt(addr: SocketAddr, id: &str, attempt: u32, body: &[u8]) -> Reply {
+    let mut headers = delivery_headers(
+        id,
+        "message.created",
+        &independent_signature(SECRET, id, now(), body),
+    );
+    headers[4].1 = attempt.to_string();
+    send(addr, &headers, body).await
+}
+
 /// The body with its envelope id replaced: a distinct delivery of the same
 /// event, for tests that must not be taken as duplicates.
 pub fn with_id(body: &[u8], new_id: &str) -> Vec<u8> {

@@ -13,7 +13,7 @@ use cariosan_webhooks::model::Event;
 use cariosan_webhooks::{Delivery, HandlerError, Webhooks};
 use futures_util::StreamExt;
 
-use super::{delivery_headers, fixture, independent_signature, now, send, with_id, Reply, SECRET};
+use super::{fixture, send_attempt, with_id, Reply};
 
 /// The protocol's retry schedule, in seconds (section 7).
 const SCHEDULE: [u64; 10] = [10, 30, 120, 600, 1800, 3600, 10_800, 21_600, 43_200, 86_400];
@@ -146,16 +146,6 @@ pub struct Report {
     pub requests: usize,
 }
 
-async fn attempt(addr: SocketAddr, id: &str, attempt: u32, body: &[u8]) -> Reply {
-    let mut headers = delivery_headers(
-        id,
-        "message.created",
-        &independent_signature(SECRET, id, now(), body),
-    );
-    headers[4].1 = attempt.to_string();
-    send(addr, &headers, body).await
-}
-
 /// Delivers `count` events to the replicas (in turn) as Cariosan would, at
 /// most `parallel` at a time.
 pub async fn deliver_all(
@@ -178,7 +168,7 @@ pub async fn deliver_all(
                     let copies = if n % 7 == 0 && try_number == 1 { 2 } else { 1 };
                     let replies = futures_util::future::join_all((0..copies).map(|copy| {
                         let addr = replicas[(n + try_number as usize + copy) % replicas.len()];
-                        attempt(addr, &id, try_number, &body)
+                        send_attempt(addr, &id, try_number, &body)
                     }))
                     .await;
                     let acked = replies.iter().any(|r| (200..300).contains(&r.status));
@@ -193,9 +183,13 @@ pub async fn deliver_all(
                         report.lock().unwrap().acknowledged += 1;
                         // Every fifth event is redelivered by hand later.
                         if n % 5 == 0 {
-                            let again =
-                                attempt(replicas[n % replicas.len()], &id, try_number + 1, &body)
-                                    .await;
+                            let again = send_attempt(
+                                replicas[n % replicas.len()],
+                                &id,
+                                try_number + 1,
+                                &body,
+                            )
+                            .await;
                             if (again.status, again.body.as_str()) != (200, "duplicate") {
                                 report
                                     .lock()
