@@ -3,6 +3,8 @@
 //! server on a free port. They need `redis-server` on PATH, so they are
 //! ignored by a plain `cargo test`; `.ci/run` installs it and runs them.
 
+#![cfg(feature = "redis")]
+
 mod common;
 
 use std::sync::atomic::Ordering;

@@ -3,6 +3,8 @@
 //! the handler runs per delivery and checks them for overlap in time.
 //! Timings are compressed: leases of a second, handlers of a few.
 
+#![cfg(feature = "redis")]
+
 mod common;
 
 use std::sync::{Arc, Mutex};

@@ -11,9 +11,7 @@ use std::sync::Arc;
 
 use axum::routing::post_service;
 use axum::Router;
-use cariosan_webhooks::store::RedisStore;
 use cariosan_webhooks::CariosanWebhookLayer;
-use common::redis_server::RedisServer;
 use common::simulation::{deliver_all, webhooks, Tally, BUDGET};
 use common::*;
 
@@ -62,9 +60,13 @@ async fn ten_thousand_deliveries_against_the_in_memory_store() {
     check(&report, &tally);
 }
 
+#[cfg(feature = "redis")]
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 #[ignore = "needs redis-server on PATH; .ci/run installs it and runs the ignored tests"]
 async fn ten_thousand_deliveries_against_two_replicas_sharing_redis() {
+    use cariosan_webhooks::store::RedisStore;
+    use common::redis_server::RedisServer;
+
     let redis = RedisServer::start();
     let tally = Arc::new(Tally::default());
     let mut replicas = Vec::new();

@@ -320,6 +320,7 @@ impl VerifiedDelivery {
 
     /// This delivery, of `tenant` (a workspace, when one receiver serves
     /// several).
+    #[cfg(feature = "layer")]
     pub(crate) fn with_tenant(mut self, tenant: Option<Arc<str>>) -> Self {
         if tenant.is_some() {
             // Fresh from verification, so not shared: no copy is made.
