@@ -125,21 +125,9 @@ fn acknowledged(answers: &[(u16, String)]) -> bool {
 async fn redis_paused_past_the_lease_the_first_run_is_cancelled_before_the_second_starts() {
     let redis = RedisServer::start();
     let runs = Runs::default();
-    let layer = || {
-        CariosanWebhookLayer::new(SECRET)
-            .lease(Duration::from_secs(1))
-            .handler_budget(Duration::from_millis(200))
-    };
-    let (a, b) = (
-        replica(&redis, layer(), &runs).await,
-        replica(&redis, layer(), &runs).await,
-    );
     let body = message_with("evt_pause", "sleep:6000");
-    let first = send_attempt(a, "evt_pause", 1, &body).await;
-    assert_eq!(
-        (first.status, first.body.as_str()),
-        (503, "handler_still_running")
-    );
+    let (_, b) =
+        two_replicas_running(&redis, Duration::from_secs(1), &runs, "evt_pause", &body).await;
     redis.pause();
     tokio::time::sleep(Duration::from_millis(2500)).await;
     redis.resume();
@@ -174,21 +162,9 @@ async fn redis_paused_past_the_lease_the_first_run_is_cancelled_before_the_secon
 async fn a_graceful_restart_with_persistence_mid_handler_loses_no_completion() {
     let mut redis = RedisServer::start_persistent();
     let runs = Runs::default();
-    let layer = || {
-        CariosanWebhookLayer::new(SECRET)
-            .lease(Duration::from_secs(3))
-            .handler_budget(Duration::from_millis(200))
-    };
-    let (a, b) = (
-        replica(&redis, layer(), &runs).await,
-        replica(&redis, layer(), &runs).await,
-    );
     let body = message_with("evt_graceful", "sleep:2000");
-    let first = send_attempt(a, "evt_graceful", 1, &body).await;
-    assert_eq!(
-        (first.status, first.body.as_str()),
-        (503, "handler_still_running")
-    );
+    let (a, b) =
+        two_replicas_running(&redis, Duration::from_secs(3), &runs, "evt_graceful", &body).await;
     tokio::time::sleep(Duration::from_millis(300)).await;
     tokio::task::block_in_place(|| {
         redis.shutdown();
@@ -218,21 +194,8 @@ async fn redis_killed_and_restarted_empty_mid_handler_cancels_the_first_run_with
     let mut redis = RedisServer::start();
     let runs = Runs::default();
     let lease = Duration::from_secs(1);
-    let layer = || {
-        CariosanWebhookLayer::new(SECRET)
-            .lease(lease)
-            .handler_budget(Duration::from_millis(200))
-    };
-    let (a, b) = (
-        replica(&redis, layer(), &runs).await,
-        replica(&redis, layer(), &runs).await,
-    );
     let body = message_with("evt_lost", "sleep:3000");
-    let first = send_attempt(a, "evt_lost", 1, &body).await;
-    assert_eq!(
-        (first.status, first.body.as_str()),
-        (503, "handler_still_running")
-    );
+    let (a, b) = two_replicas_running(&redis, lease, &runs, "evt_lost", &body).await;
     tokio::task::block_in_place(|| redis.restart());
     let answers = retry_until_acknowledged(
         b,
@@ -297,6 +260,32 @@ async fn a_hung_handler_is_cancelled_at_the_hard_limit_and_its_retry_runs_once()
     assert_eq!(all.iter().filter(|r| r.finished).count(), 2, "{all:?}");
     assert_eq!(all.iter().filter(|r| !r.finished).count(), 1, "{all:?}");
     assert_eq!(all[0].attempt, Some(1));
+}
+
+/// Two replicas with this lease and a 200 ms budget, and the first attempt
+/// of `id` sent to the first: it is still running when the sender gives up.
+async fn two_replicas_running(
+    redis: &RedisServer,
+    lease: Duration,
+    runs: &Runs,
+    id: &str,
+    body: &[u8],
+) -> (std::net::SocketAddr, std::net::SocketAddr) {
+    let layer = || {
+        CariosanWebhookLayer::new(SECRET)
+            .lease(lease)
+            .handler_budget(Duration::from_millis(200))
+    };
+    let (a, b) = (
+        replica(redis, layer(), runs).await,
+        replica(redis, layer(), runs).await,
+    );
+    let first = send_attempt(a, id, 1, body).await;
+    assert_eq!(
+        (first.status, first.body.as_str()),
+        (503, "handler_still_running")
+    );
+    (a, b)
 }
 
 fn claimed(claim: Claim) -> ClaimToken {

@@ -12,21 +12,13 @@ use std::sync::Arc;
 use axum::routing::post_service;
 use axum::Router;
 use cariosan_webhooks::CariosanWebhookLayer;
-use common::simulation::{deliver_all, webhooks, Tally, BUDGET};
+use common::simulation::{check_acknowledged, deliver_all, webhooks, Tally, BUDGET};
 use common::*;
 
 const DELIVERIES: usize = 10_000;
 
 fn check(report: &common::simulation::Report, tally: &Tally) {
-    assert_eq!(report.acknowledged, DELIVERIES, "{report:?}");
-    assert!(report.never_acknowledged.is_empty(), "{report:?}");
-    assert!(report.acknowledged_without_success.is_empty(), "{report:?}");
-    assert!(report.redeliveries_not_duplicate.is_empty(), "{report:?}");
-    assert_eq!(
-        tally.overlapping_runs.load(Ordering::SeqCst),
-        0,
-        "copies ran concurrently"
-    );
+    check_acknowledged(report, tally, DELIVERIES);
     for n in 0..DELIVERIES {
         let id = format!("evt_sim_{n:05}");
         assert_eq!(

@@ -217,3 +217,18 @@ pub async fn deliver_all(
         .await;
     Arc::try_unwrap(report).unwrap().into_inner().unwrap()
 }
+
+/// What every store must show after `count` deliveries: each acknowledged,
+/// none before a handler succeeded, every redelivery a duplicate, and no two
+/// copies ever running at once.
+pub fn check_acknowledged(report: &Report, tally: &Tally, count: usize) {
+    assert_eq!(report.acknowledged, count, "{report:?}");
+    assert!(report.never_acknowledged.is_empty(), "{report:?}");
+    assert!(report.acknowledged_without_success.is_empty(), "{report:?}");
+    assert!(report.redeliveries_not_duplicate.is_empty(), "{report:?}");
+    assert_eq!(
+        tally.overlapping_runs.load(Ordering::SeqCst),
+        0,
+        "copies ran concurrently"
+    );
+}
