@@ -15,7 +15,12 @@
 //! | `CARIOSAN_WEBHOOK_SECRETS_FILE` | unset | instead of the secret: a file of secrets, one per line, newest first, read again on `SIGHUP` |
 //! | `CARIOSAN_WEBHOOK_ADDR` | `127.0.0.1:3000` | where to listen |
 //! | `DATABASE_URL` | unset: in memory | record deliveries in PostgreSQL (feature `postgres`), in each delivery's own transaction |
-//! | `CARIOSAN_WEBHOOK_MODE` | `transactional` | with `DATABASE_URL`: how deliveries are recorded (only `transactional` in this version) |
+//! | `CARIOSAN_WEBHOOK_MODE` | `transactional` | with `DATABASE_URL`: `transactional` runs handlers inline in each delivery's transaction; `inbox` stores each delivery, answers `202 queued`, and runs it from workers |
+//! | `CARIOSAN_INBOX_WORKERS` | 4 | inbox mode: deliveries run at once |
+//! | `CARIOSAN_INBOX_FIRST_RETRY_MS` | 10000 | inbox mode: the wait after the first failed run, doubling up to 1 h |
+//! | `CARIOSAN_INBOX_MAX_ATTEMPTS` | 10 | inbox mode: runs before a delivery is dead |
+//! | `CARIOSAN_INBOX_POLL_MS` | 500 | inbox mode: how often idle workers look for rows another replica stored, or retries come due |
+//! | `CARIOSAN_INBOX_KEEP_BODIES` | false | inbox mode: keep handled bodies for the retention (3 days), for replay |
 //! | `REDIS_URL` | unset: in memory | claim deliveries in Redis (feature `redis`), shared by replicas |
 //! | `CARIOSAN_WEBHOOK_LEASE_SECS` | 30 | how long a claim outlives a crashed receiver |
 //! | `CARIOSAN_WEBHOOK_MAX_RUN_SECS` | 300 | the hard limit of a run |
@@ -27,15 +32,18 @@
 //! and, under the same advisory lock, creates an application table
 //! `receiver_effects (delivery_id, event_type, handled_at)` with no unique
 //! constraint; every handler run inserts one row into it inside the
-//! delivery's transaction (then waits `CARIOSAN_DEMO_DELAY_MS`, then prints
-//! its line), so a duplicate run would show as a second row.
+//! delivery's transaction (in inbox mode, the row's), then waits
+//! `CARIOSAN_DEMO_DELAY_MS`, then prints its line, so a duplicate run would
+//! show as a second row. `CARIOSAN_DEMO_ABORT=1` aborts the process right
+//! after that insert, on every run: a crash loop, for the fault tests.
 //!
 //! Built with `--features metrics`, it also serves `GET /metrics` in the
 //! Prometheus text format.
 //!
 //! `SIGTERM` (a container's stop) or Ctrl-C stops accepting, lets running
 //! handlers finish for up to 9 s, and cancels the rest, freeing their
-//! deliveries for Cariosan's retry.
+//! deliveries for Cariosan's retry (in inbox mode, rolled back and due
+//! again at once).
 
 mod support;
 
@@ -126,13 +134,11 @@ async fn main() -> Result<(), Error> {
     if let Some(secs) = var("CARIOSAN_WEBHOOK_MAX_RUN_SECS")? {
         layer = layer.max_run_time(Duration::from_secs(secs));
     }
-    let (layer, first) = with_backend(layer).await?;
-    let shutdown = layer.shutdown_handle();
+    let max_run_time = var::<u64>("CARIOSAN_WEBHOOK_MAX_RUN_SECS")?.map(Duration::from_secs);
+    let finish = move |first: Webhooks| support::webhooks_after(first, report, delay);
+    let (route, stop) = with_backend(layer, max_run_time, finish).await?;
     let app = Router::new()
-        .route(
-            "/webhooks/cariosan",
-            post_service(support::webhooks_after(first, report, delay)).layer(layer),
-        )
+        .route("/webhooks/cariosan", route)
         .route("/healthz", get(|| async { "ok" }));
     let app = with_metrics(app)?;
 
@@ -149,12 +155,7 @@ async fn main() -> Result<(), Error> {
         listener.local_addr()?
     );
     support::serve::serve(listener, app, limits, support::serve::stop_signal()).await;
-    let drained = shutdown.drain(Duration::from_secs(9)).await;
-    tracing::info!(
-        abandoned = drained.abandoned,
-        stuck = drained.stuck,
-        "stopped"
-    );
+    stop().await;
     Ok(())
 }
 
@@ -189,40 +190,69 @@ fn with_metrics(app: Router) -> Result<Router, Error> {
     Ok(app)
 }
 
-/// The backend the environment asks for, and the handlers that must run
-/// first with it: PostgreSQL with `DATABASE_URL`, Redis with `REDIS_URL`,
-/// memory otherwise.
+/// What stops the deliveries in progress once the server has stopped.
+type Stop = Box<dyn FnOnce() -> futures_util::future::BoxFuture<'static, ()> + Send>;
+
+/// The application's handlers after those the backend needs first.
+type Finish = Box<dyn FnOnce(Webhooks) -> Webhooks + Send>;
+
+/// The webhook route for the backend the environment asks for, and how to
+/// stop it: PostgreSQL with `DATABASE_URL` (transactional or inbox), Redis
+/// with `REDIS_URL`, memory otherwise.
 async fn with_backend(
     layer: CariosanWebhookLayer,
-) -> Result<(CariosanWebhookLayer, Webhooks), Error> {
+    max_run_time: Option<Duration>,
+    finish: impl FnOnce(Webhooks) -> Webhooks + Send + 'static,
+) -> Result<(axum::routing::MethodRouter, Stop), Error> {
     if std::env::var_os("DATABASE_URL").is_some() {
-        return postgres::with_postgres(layer).await;
+        return postgres::with_postgres(layer, max_run_time, Box::new(finish)).await;
     }
-    Ok((with_store(layer).await?, Webhooks::new()))
+    Ok(inline(with_store(layer).await?, finish(Webhooks::new())))
+}
+
+/// Handlers run inline, under the delivery layer; stopping drains them for
+/// up to 9 s.
+fn inline(layer: CariosanWebhookLayer, webhooks: Webhooks) -> (axum::routing::MethodRouter, Stop) {
+    let shutdown = layer.shutdown_handle();
+    let stop: Stop = Box::new(move || {
+        Box::pin(async move {
+            let drained = shutdown.drain(Duration::from_secs(9)).await;
+            tracing::info!(
+                abandoned = drained.abandoned,
+                stuck = drained.stuck,
+                "stopped"
+            );
+        })
+    });
+    (post_service(webhooks).layer(layer), stop)
 }
 
 #[cfg(feature = "postgres")]
 mod postgres {
+    use std::sync::OnceLock;
     use std::time::Duration;
 
+    use axum::routing::{post_service, MethodRouter};
     use cariosan_webhooks::dispatch::EventSelector;
     use cariosan_webhooks::model::{Event, UnknownEvent};
-    use cariosan_webhooks::store::postgres::{sqlx, PostgresBackend, Tx};
+    use cariosan_webhooks::store::postgres::{sqlx, Inbox, PostgresBackend, RetrySchedule, Tx};
     use cariosan_webhooks::{CariosanWebhookLayer, Delivery, HandlerResult, Webhooks};
 
-    use super::Error;
+    use super::{var, Error, Finish, Stop};
 
     /// Connections in the pool; each running delivery holds one.
     const POOL: u32 = 32;
 
     pub(super) async fn with_postgres(
         layer: CariosanWebhookLayer,
-    ) -> Result<(CariosanWebhookLayer, Webhooks), Error> {
+        max_run_time: Option<Duration>,
+        finish: Finish,
+    ) -> Result<(MethodRouter, Stop), Error> {
         let mode =
             std::env::var("CARIOSAN_WEBHOOK_MODE").unwrap_or_else(|_| "transactional".into());
-        if mode != "transactional" {
+        if mode != "transactional" && mode != "inbox" {
             return Err(format!(
-                "CARIOSAN_WEBHOOK_MODE={mode:?}: this version has only \"transactional\""
+                "CARIOSAN_WEBHOOK_MODE={mode:?}: choose \"transactional\" or \"inbox\""
             )
             .into());
         }
@@ -233,6 +263,12 @@ mod postgres {
             .connect(&url)
             .await
             .map_err(|e| format!("PostgreSQL at DATABASE_URL: {e}"))?;
+        let first = Webhooks::new()
+            .on(EventSelector::AllKnown, record)
+            .on(EventSelector::AllUnknown, record_unknown);
+        if mode == "inbox" {
+            return with_inbox(layer, pool, max_run_time, finish(first)).await;
+        }
         let backend = PostgresBackend::new(pool.clone());
         backend.migrate().await?;
         create_effects_table(&pool, backend.migration_lock_key()).await?;
@@ -246,13 +282,67 @@ mod postgres {
             }
         });
         tracing::info!("recording deliveries in PostgreSQL, in each delivery's transaction");
-        let first = Webhooks::new()
-            .on(EventSelector::AllKnown, record)
-            .on(EventSelector::AllUnknown, record_unknown);
-        Ok((
+        Ok(super::inline(
             layer.backend(backend).max_concurrency(POOL as usize - 2),
-            first,
+            finish(first),
         ))
+    }
+
+    /// Deliveries stored and acknowledged at once, run by workers.
+    async fn with_inbox(
+        layer: CariosanWebhookLayer,
+        pool: sqlx::PgPool,
+        max_run_time: Option<Duration>,
+        webhooks: Webhooks,
+    ) -> Result<(MethodRouter, Stop), Error> {
+        let mut schedule = RetrySchedule::new();
+        if let Some(ms) = var::<u64>("CARIOSAN_INBOX_FIRST_RETRY_MS")? {
+            schedule = schedule.first_delay(Duration::from_millis(ms));
+        }
+        if let Some(attempts) = var::<u32>("CARIOSAN_INBOX_MAX_ATTEMPTS")? {
+            if attempts == 0 {
+                return Err("CARIOSAN_INBOX_MAX_ATTEMPTS must be at least 1".into());
+            }
+            schedule = schedule.max_attempts(attempts);
+        }
+        let inbox = Inbox::new(pool.clone())
+            .retry(schedule)
+            .keep_done_bodies(var("CARIOSAN_INBOX_KEEP_BODIES")?.unwrap_or(false));
+        inbox.migrate().await?;
+        create_effects_table(&pool, inbox.migration_lock_key()).await?;
+        let workers_wanted = var::<usize>("CARIOSAN_INBOX_WORKERS")?.unwrap_or(4);
+        if workers_wanted == 0 || workers_wanted >= POOL as usize - 4 {
+            return Err(format!("CARIOSAN_INBOX_WORKERS must be within 1..{}", POOL - 4).into());
+        }
+        let mut workers = inbox.workers(webhooks).concurrency(workers_wanted);
+        if let Some(limit) = max_run_time {
+            workers = workers.max_run_time(limit);
+        }
+        if let Some(ms) = var::<u64>("CARIOSAN_INBOX_POLL_MS")? {
+            workers = workers.poll_interval(Duration::from_millis(ms.max(1)));
+        }
+        let workers = workers.start();
+        let pruner = inbox.clone();
+        tokio::spawn(async move {
+            loop {
+                tokio::time::sleep(Duration::from_secs(3600)).await;
+                if let Err(error) = pruner.prune().await {
+                    tracing::warn!(%error, "could not prune the inbox");
+                }
+            }
+        });
+        tracing::info!(
+            workers = workers_wanted,
+            "storing deliveries in the PostgreSQL inbox; workers run them"
+        );
+        let stop: Stop = Box::new(move || {
+            Box::pin(async move {
+                let stopped = workers.shutdown(Duration::from_secs(9)).await;
+                tracing::info!(cancelled = stopped.cancelled, "stopped");
+            })
+        });
+        let (verification, _delivery) = layer.into_layers();
+        Ok((post_service(inbox.service()).layer(verification), stop))
     }
 
     /// The application's table, created under the crate's migration lock so
@@ -280,6 +370,13 @@ mod postgres {
         Ok(())
     }
 
+    /// `CARIOSAN_DEMO_ABORT=1` aborts the process after the insert, in every
+    /// run: a crash loop, for the fault tests.
+    fn abort_after_insert() -> bool {
+        static ABORT: OnceLock<bool> = OnceLock::new();
+        *ABORT.get_or_init(|| std::env::var("CARIOSAN_DEMO_ABORT").is_ok_and(|v| v == "1"))
+    }
+
     async fn insert(tx: &Tx, id: &str, event_type: &str) -> HandlerResult {
         let mut conn = tx.conn().await?;
         sqlx::query("INSERT INTO receiver_effects (delivery_id, event_type) VALUES ($1, $2)")
@@ -287,6 +384,10 @@ mod postgres {
             .bind(event_type)
             .execute(&mut *conn)
             .await?;
+        if abort_after_insert() {
+            eprintln!("CARIOSAN_DEMO_ABORT=1: aborting the process mid-handler");
+            std::process::abort();
+        }
         Ok(())
     }
 
@@ -301,11 +402,13 @@ mod postgres {
 
 #[cfg(not(feature = "postgres"))]
 mod postgres {
-    use cariosan_webhooks::{CariosanWebhookLayer, Webhooks};
+    use cariosan_webhooks::CariosanWebhookLayer;
 
     pub(super) async fn with_postgres(
         _layer: CariosanWebhookLayer,
-    ) -> Result<(CariosanWebhookLayer, Webhooks), super::Error> {
+        _max_run_time: Option<std::time::Duration>,
+        _finish: super::Finish,
+    ) -> Result<(axum::routing::MethodRouter, super::Stop), super::Error> {
         Err("DATABASE_URL is set, but this build has no PostgreSQL support: run with --features postgres".into())
     }
 }

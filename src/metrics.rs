@@ -11,7 +11,8 @@
 //! | `cariosan_webhook_runs_in_flight` | gauge | | runs begun and not yet finished |
 //! | `cariosan_webhook_handler_duration_seconds` | histogram | `event_type` | how long a run's handlers took |
 //! | `cariosan_webhook_runs_cancelled_total` | counter | `reason` (`max_run_time`, `guard_lost`, `shutdown`) | runs whose handlers were dropped |
-//! | `cariosan_webhook_store_errors_total` | counter | `operation` (`begin`, `finish`) | the delivery backend failing or not answering |
+//! | `cariosan_webhook_store_errors_total` | counter | `operation` (`begin`, `finish`, `inbox_ingest`, `inbox_claim`, `inbox_finish`) | the delivery backend or the inbox failing or not answering |
+//! | `cariosan_webhook_inbox_runs_total` | counter | `result` (`done`, `retry`, `dead`, `lost`), `event_type` | inbox runs by how they ended; `lost` is a run whose process died or whose connection dropped |
 //!
 //! `event_type` is a type this version knows, or `unknown`: never an id.
 #![cfg_attr(not(feature = "metrics"), allow(unused_variables))]
@@ -97,4 +98,17 @@ pub(crate) fn run_cancelled(reason: &'static str) {
 pub(crate) fn store_error(operation: &'static str) {
     #[cfg(feature = "metrics")]
     metrics::counter!("cariosan_webhook_store_errors_total", "operation" => operation).increment(1);
+}
+
+/// An inbox run's end: `done`, `retry`, `dead`, or `lost` (a run that did
+/// not finish, found by the next claim).
+#[cfg(feature = "postgres")]
+pub(crate) fn inbox_run(result: &'static str, event_type: &str) {
+    #[cfg(feature = "metrics")]
+    metrics::counter!(
+        "cariosan_webhook_inbox_runs_total",
+        "result" => result,
+        "event_type" => event_label(event_type),
+    )
+    .increment(1);
 }

@@ -277,7 +277,11 @@ async fn an_applications_own_sqlx_migrations_run_before_and_after_the_crates() {
             .fetch_all(&pool)
             .await
             .unwrap();
-    assert_eq!(ours, [1]);
+    assert_eq!(
+        ours,
+        [1, 2],
+        "the crate's versions: handled deliveries, the inbox"
+    );
 }
 
 #[test]
@@ -300,7 +304,10 @@ fn two_receivers_started_at_once_on_an_empty_database_both_start_and_migrate_onc
                 .fetch_one(&pool)
                 .await
                 .unwrap();
-        assert_eq!(versions, 1, "migrated once");
+        assert_eq!(
+            versions, 2,
+            "each of the crate's two migrations recorded once"
+        );
         let tables: i64 = sqlx::query_scalar(
             "SELECT count(*) FROM information_schema.tables WHERE table_name = 'receiver_effects'",
         )

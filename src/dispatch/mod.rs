@@ -398,6 +398,19 @@ impl<S: Clone + Send + Sync + 'static> Webhooks<S> {
         &self.state
     }
 
+    /// Runs the `on_give_up` hook, if there is one, for a delivery that
+    /// somebody other than a handler gave up on (the inbox, out of attempts).
+    #[cfg(feature = "postgres")]
+    pub(crate) async fn report_given_up(&self, given_up: GivenUp) -> HandlerResult {
+        let Some(hook) = &self.routes.give_up else {
+            return Ok(());
+        };
+        match AssertUnwindSafe(hook(given_up)).catch_unwind().await {
+            Ok(result) => result,
+            Err(_panic) => Err(HandlerError::msg("the on_give_up hook panicked")),
+        }
+    }
+
     /// Runs the handlers for one verified delivery, without HTTP, and says
     /// how it went. Nothing is recorded anywhere: de-duplication and the
     /// other delivery semantics are the delivery layer's.

@@ -318,6 +318,30 @@ impl VerifiedDelivery {
         }))
     }
 
+    /// A delivery verified before and stored (by the inbox): its body is
+    /// parsed again, its signature is not checked again (the secret may
+    /// have rotated since). `None` when the body is not an envelope.
+    #[cfg(feature = "postgres")]
+    pub(crate) fn from_stored(
+        tenant: Option<Arc<str>>,
+        attempt: Option<u32>,
+        signed_at: i64,
+        body: &[u8],
+    ) -> Option<Self> {
+        let payload = match Envelope::from_slice(body) {
+            Ok(envelope) => Ok(envelope),
+            Err(ParseError::MalformedData(malformed)) => Err(Arc::from(malformed)),
+            Err(ParseError::InvalidEnvelope(_)) => return None,
+        };
+        Some(Self(Arc::new(Inner {
+            tenant,
+            attempt,
+            signed_at,
+            secret_index: 0,
+            payload,
+        })))
+    }
+
     /// This delivery, of `tenant` (a workspace, when one receiver serves
     /// several).
     #[cfg(feature = "layer")]
@@ -357,7 +381,8 @@ impl VerifiedDelivery {
     }
 
     /// Which of the verifier's secrets matched, in the order they were added
-    /// (0 is the first).
+    /// (0 is the first); 0 for a delivery an inbox worker runs, which is not
+    /// verified again.
     pub fn secret_index(&self) -> usize {
         self.0.secret_index
     }

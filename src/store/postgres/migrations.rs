@@ -7,20 +7,47 @@ use sqlx::Connection;
 
 /// `(version, description, SQL)`; `{schema}` stands for the schema. Append
 /// only: an applied version never changes.
-const MIGRATIONS: &[(i64, &str, &str)] = &[(
-    1,
-    "handled deliveries",
-    "CREATE TABLE {schema}.handled_deliveries (
-        tenant text NOT NULL DEFAULT '',
-        delivery_id text NOT NULL,
-        event_type text NOT NULL,
-        outcome text NOT NULL CHECK (outcome IN ('handled', 'given_up')),
-        attempt integer,
-        handled_at timestamptz NOT NULL DEFAULT now(),
-        PRIMARY KEY (tenant, delivery_id)
-    );
-    CREATE INDEX handled_deliveries_handled_at ON {schema}.handled_deliveries (handled_at);",
-)];
+const MIGRATIONS: &[(i64, &str, &str)] = &[
+    (
+        1,
+        "handled deliveries",
+        "CREATE TABLE {schema}.handled_deliveries (
+            tenant text NOT NULL DEFAULT '',
+            delivery_id text NOT NULL,
+            event_type text NOT NULL,
+            outcome text NOT NULL CHECK (outcome IN ('handled', 'given_up')),
+            attempt integer,
+            handled_at timestamptz NOT NULL DEFAULT now(),
+            PRIMARY KEY (tenant, delivery_id)
+        );
+        CREATE INDEX handled_deliveries_handled_at ON {schema}.handled_deliveries (handled_at);",
+    ),
+    (
+        2,
+        "inbox",
+        "CREATE TABLE {schema}.inbox (
+            tenant text NOT NULL DEFAULT '',
+            delivery_id text NOT NULL,
+            event_type text NOT NULL,
+            message_ids text[] NOT NULL DEFAULT '{}',
+            body bytea,
+            signed_at bigint NOT NULL,
+            sender_attempt integer,
+            received_at timestamptz NOT NULL DEFAULT now(),
+            status text NOT NULL DEFAULT 'queued' CHECK (status IN ('queued', 'done', 'dead')),
+            outcome text,
+            attempts integer NOT NULL DEFAULT 0,
+            recorded_attempts integer NOT NULL DEFAULT 0,
+            due_at timestamptz NOT NULL,
+            last_error text,
+            finished_at timestamptz,
+            PRIMARY KEY (tenant, delivery_id)
+        );
+        CREATE INDEX inbox_due ON {schema}.inbox (due_at) WHERE status = 'queued';
+        CREATE INDEX inbox_finished ON {schema}.inbox (status, finished_at) WHERE status <> 'queued';
+        CREATE INDEX inbox_message_ids ON {schema}.inbox USING gin (message_ids);",
+    ),
+];
 
 /// The advisory lock key for migrating `schema`: FNV-1a over a fixed
 /// prefix and the schema, so that it is the same in every process.

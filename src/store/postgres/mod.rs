@@ -1,6 +1,14 @@
-//! PostgreSQL, transactional (feature `postgres`): each delivery is
-//! recorded in the handlers' own transaction, so its database effects
-//! happen exactly once.
+//! PostgreSQL (feature `postgres`): each delivery is recorded in the
+//! handlers' own transaction, so its database effects happen exactly once.
+//! Two modes share the schema and the [`Tx`] handler argument:
+//!
+//! - **transactional** ([`PostgresBackend`], below): the handlers run while
+//!   the sender waits, under the delivery layer;
+//! - **inbox** ([`Inbox`], see [its section](#the-inbox)): each verified
+//!   delivery is stored and acknowledged at once, and workers run it later,
+//!   retrying on a schedule of their own.
+//!
+//! # Transactional
 //!
 //! Per delivery, [`PostgresBackend`] opens a transaction on your pool and
 //! takes the delivery's key with `pg_try_advisory_xact_lock`, which never
@@ -83,26 +91,130 @@
 //! | `schema_migrations (version bigint primary key, description text, applied_at timestamptz)` | the crate's own migration versions, apart from sqlx's `_sqlx_migrations`, so an application's `sqlx::migrate!()` never sees them |
 //! | `handled_deliveries (tenant text, delivery_id text, event_type text, outcome text, attempt integer, handled_at timestamptz, primary key (tenant, delivery_id))` | one row per delivery handled or given up; `tenant` is `''` for now, so that a receiver of several workspaces can join the key |
 //! | index `handled_deliveries_handled_at` on `handled_at` | for [`prune`](PostgresBackend::prune), which drops records older than the retention (3 days) |
+//! | `inbox (tenant, delivery_id, event_type, message_ids text[], body bytea, signed_at, sender_attempt, received_at, status, outcome, attempts, recorded_attempts, due_at, last_error, finished_at, primary key (tenant, delivery_id))` | the [inbox](#the-inbox): one row per delivery, `status` `queued`, `done` or `dead` |
+//! | indexes `inbox_due` (queued rows by `due_at`), `inbox_finished`, `inbox_message_ids` (GIN) | claims, pruning, and dropping a deleted message's bodies |
 //!
 //! It migrates under a session advisory lock
 //! ([`migration_lock_key`](PostgresBackend::migration_lock_key)), so that
-//! replicas starting together migrate once and all start.
+//! replicas starting together migrate once and all start. Both modes apply
+//! the same migrations.
+//!
+//! # The inbox
+//!
+//! The sender is acknowledged as soon as the delivery is safely stored;
+//! handlers run afterwards, as long as they need, retried on the inbox's
+//! own schedule instead of Cariosan's.
+//!
+//! ```no_run
+//! use std::time::Duration;
+//! use axum::routing::post_service;
+//! use cariosan_webhooks::model::{EventType, MessageCreated};
+//! use cariosan_webhooks::store::postgres::{sqlx, Inbox, RetrySchedule, Tx};
+//! use cariosan_webhooks::verification::VerificationLayer;
+//! use cariosan_webhooks::{Delivery, HandlerResult, Webhooks};
+//!
+//! async fn save(event: Delivery<MessageCreated>, tx: Tx) -> HandlerResult {
+//!     let mut conn = tx.conn().await?;
+//!     sqlx::query("INSERT INTO messages (id, content) VALUES ($1, $2)")
+//!         .bind(event.message.id.as_str())
+//!         .bind(&event.message.content)
+//!         .execute(&mut *conn)
+//!         .await?;
+//!     Ok(())
+//! }
+//!
+//! # async fn run() -> Result<(), Box<dyn std::error::Error>> {
+//! let pool = sqlx::postgres::PgPoolOptions::new()
+//!     .max_connections(16)
+//!     .connect(&std::env::var("DATABASE_URL")?)
+//!     .await?;
+//! let inbox = Inbox::new(pool).retry(RetrySchedule::new().max_attempts(10));
+//! inbox.migrate().await?;
+//! let workers = inbox
+//!     .workers(Webhooks::new().on(EventType::MessageCreated, save))
+//!     .concurrency(8)
+//!     .start();
+//! let app: axum::Router = axum::Router::new().route(
+//!     "/webhooks/cariosan",
+//!     post_service(inbox.service())
+//!         .layer(VerificationLayer::new(std::env::var("CARIOSAN_WEBHOOK_SECRET")?)),
+//! );
+//! // ... serve `app`; on shutdown:
+//! workers.shutdown(Duration::from_secs(9)).await;
+//! # Ok(())
+//! # }
+//! ```
+//!
+//! **Ingest.** [`Inbox::service`] stores each verified delivery with one
+//! `INSERT .. ON CONFLICT DO NOTHING` (id, type, the raw signed body, the
+//! signed time, the sender's attempt) and answers `202 queued` only after
+//! that row committed. A copy of a stored delivery is `200 duplicate` and
+//! adds no row, for as long as the row is kept (3 days once done). If the
+//! insert fails or takes longer than the acquire timeout, the answer is `503
+//! store_unavailable` and nothing is acknowledged.
+//!
+//! **Workers.** [`Inbox::workers`] claims the earliest due row with `FOR
+//! UPDATE SKIP LOCKED`, so any number of workers and replicas share the
+//! queue without taking the same row. A claim first counts the attempt and
+//! moves the row's due time to that attempt's retry time, in a short
+//! transaction of its own; then the run's transaction locks the row, opens a
+//! savepoint, runs [`Webhooks::handle`](crate::Webhooks::handle) with the
+//! transaction as [`Tx`] (handlers see the inbox's attempt as
+//! `Delivery::attempt` and `Delivery::generation`), and records the outcome
+//! in the same transaction:
+//!
+//! | the run | its effects | the row |
+//! |---|---|---|
+//! | handled or ignored | committed | `done`; its body dropped (unless [`keep_done_bodies`](Inbox::keep_done_bodies)) |
+//! | a handler gave up | committed | `dead`, with the error |
+//! | failed, panicked, `retry_later`, past `max_run_time` | rolled back to the savepoint | queued again after the [`RetrySchedule`]'s delay (or `retry_later`'s, within the cap), with the error; `dead` after the last attempt, and `on_give_up` runs |
+//! | its process died, its connection dropped, its commit failed | aborted by PostgreSQL | due again at its retry time; the next claim records it as lost (`attempt N did not finish`), and past the last attempt it is `dead` |
+//! | cancelled by [`WorkersHandle::shutdown`] after its deadline | rolled back | due again at once, the attempt given back |
+//!
+//! So a delivery's database effects commit exactly once, or never when it
+//! ends dead; nothing acknowledged is lost while the database keeps its
+//! committed data. Idle workers are woken at once by deliveries this process
+//! stores, and otherwise poll ([`poll_interval`](Workers::poll_interval),
+//! 500 ms): a row stored by another replica, or a retry coming due, waits
+//! at most that long.
+//!
+//! **Chat content.** The body is the message text. A handled row drops it
+//! by default; a dead row keeps it until it is replayed, purged or pruned
+//! (14 days). When a `message.deleted` is handled, every finished row that
+//! holds that message's text (its own deliveries, replies that quote it, a
+//! moderation action on it) loses its body, and queued deliveries of that
+//! message are marked done (`superseded`) without running. A delivery of it
+//! running at that moment keeps its body until it ends, and a queued reply
+//! that quotes it keeps its body until it is handled.
+//!
+//! **Operators.** [`list`](Inbox::list), [`get`](Inbox::get) (no body),
+//! [`body`](Inbox::body), [`replay`](Inbox::replay) (a dead or done row with
+//! its body, queued with fresh attempts), [`replay_dead`](Inbox::replay_dead),
+//! [`purge`](Inbox::purge), [`prune`](Inbox::prune); the same as the
+//! `cariosan-webhooks inbox` command. A stored delivery is not verified
+//! again when it runs (its secret may have rotated): the table is as
+//! trusted as the rest of your database.
 
+mod inbox;
 mod migrations;
+mod schedule;
+mod transactional;
+mod worker;
 
 use std::sync::Arc;
 use std::time::Duration;
 
-use futures_util::future::BoxFuture;
 pub use sqlx;
-use sqlx::postgres::{PgConnection, PgPool, Postgres};
-use sqlx::Transaction;
-use tokio::sync::{MappedMutexGuard, Mutex, MutexGuard};
 
-use crate::delivery::{Begin, DeliveryBackend, DeliveryGuard, Finish, DEFAULT_RETENTION};
-use crate::dispatch::{DeliveryContext, FromDelivery, HandlerError};
+pub use inbox::{
+    Inbox, InboxEntry, InboxError, InboxService, InboxStatus, ListFilter, Pruned,
+    DEFAULT_DEAD_RETENTION, DEFAULT_DONE_RETENTION,
+};
+pub use schedule::{Clock, ManualClock, RetrySchedule, WallClock};
+pub use transactional::{PostgresBackend, Tx};
+pub use worker::{Stopped, Workers, WorkersHandle, DEFAULT_CONCURRENCY, DEFAULT_POLL_INTERVAL};
+
 use crate::store::StoreError;
-use crate::verify::VerifiedDelivery;
 
 /// The schema the crate's tables live in by default.
 pub const DEFAULT_SCHEMA: &str = "cariosan_webhooks";
@@ -110,111 +222,20 @@ pub const DEFAULT_SCHEMA: &str = "cariosan_webhooks";
 /// How long a delivery waits for a pool connection by default.
 pub const DEFAULT_ACQUIRE_TIMEOUT: Duration = Duration::from_secs(2);
 
-/// A delivery backend that records each delivery in the handlers' own
-/// PostgreSQL transaction: see the [module docs](self).
-///
-/// Cheap to clone: the pool is shared.
-#[derive(Clone)]
-pub struct PostgresBackend {
-    pool: PgPool,
-    schema: Arc<str>,
-    retention: Duration,
-    acquire_timeout: Duration,
-}
-
-impl std::fmt::Debug for PostgresBackend {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("PostgresBackend")
-            .field("schema", &self.schema)
-            .field("retention", &self.retention)
-            .field("acquire_timeout", &self.acquire_timeout)
-            .finish_non_exhaustive()
-    }
-}
-
-impl PostgresBackend {
-    /// A backend on your pool, in the default schema.
-    pub fn new(pool: PgPool) -> Self {
-        Self {
-            pool,
-            schema: DEFAULT_SCHEMA.into(),
-            retention: DEFAULT_RETENTION,
-            acquire_timeout: DEFAULT_ACQUIRE_TIMEOUT,
-        }
-    }
-
-    /// Keeps the crate's tables in `schema` (default `cariosan_webhooks`).
-    ///
-    /// # Panics
-    ///
-    /// If `schema` is not a plain lowercase identifier (`[a-z_][a-z0-9_]*`,
-    /// at most 63 bytes): a configuration error.
-    #[must_use]
-    pub fn schema(mut self, schema: &str) -> Self {
-        let plain = !schema.is_empty()
-            && schema.len() <= 63
-            && !schema.starts_with(|c: char| c.is_ascii_digit())
-            && schema
-                .bytes()
-                .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'_');
-        assert!(
-            plain,
-            "the schema must be a plain lowercase identifier, not {schema:?}"
-        );
-        self.schema = schema.into();
-        self
-    }
-
-    /// How long handled records are kept by [`prune`](Self::prune)
-    /// (default 3 days, longer than Cariosan retries).
-    #[must_use]
-    pub fn retention(mut self, retention: Duration) -> Self {
-        self.retention = retention;
-        self
-    }
-
-    /// How long a delivery waits for a pool connection (default 2 s)
-    /// before it is answered `503 store_unavailable`.
-    #[must_use]
-    pub fn acquire_timeout(mut self, timeout: Duration) -> Self {
-        self.acquire_timeout = timeout;
-        self
-    }
-
-    /// The pool.
-    pub fn pool(&self) -> &PgPool {
-        &self.pool
-    }
-
-    /// The session advisory lock [`migrate`](Self::migrate) holds while it
-    /// migrates: take the same one around your own start-up DDL, so that
-    /// replicas starting together do it once.
-    pub fn migration_lock_key(&self) -> i64 {
-        migrations::lock_key(&self.schema)
-    }
-
-    /// Creates or upgrades the crate's tables, once, under the migration
-    /// lock. Call it at start-up; nothing is created otherwise.
-    pub async fn migrate(&self) -> Result<(), StoreError> {
-        migrations::run(&self.pool, &self.schema)
-            .await
-            .map_err(postgres_error)
-    }
-
-    /// Deletes handled records older than the retention; returns how many.
-    /// Call it now and then (the `receiver` example does, hourly).
-    pub async fn prune(&self) -> Result<u64, StoreError> {
-        let sql = format!(
-            "DELETE FROM {}.handled_deliveries WHERE handled_at < now() - make_interval(secs => $1)",
-            self.schema
-        );
-        sqlx::query(&sql)
-            .bind(self.retention.as_secs_f64())
-            .execute(&self.pool)
-            .await
-            .map(|done| done.rows_affected())
-            .map_err(postgres_error)
-    }
+/// `schema`, if it is a plain lowercase identifier (`[a-z_][a-z0-9_]*`, at
+/// most 63 bytes): it is written into SQL, so nothing else is accepted.
+fn checked_schema(schema: &str) -> Arc<str> {
+    let plain = !schema.is_empty()
+        && schema.len() <= 63
+        && !schema.starts_with(|c: char| c.is_ascii_digit())
+        && schema
+            .bytes()
+            .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'_');
+    assert!(
+        plain,
+        "the schema must be a plain lowercase identifier, not {schema:?}"
+    );
+    schema.into()
 }
 
 fn postgres_error(error: sqlx::Error) -> StoreError {
@@ -223,134 +244,3 @@ fn postgres_error(error: sqlx::Error) -> StoreError {
 
 /// The tenant of a key when the receiver serves one workspace.
 const NO_TENANT: &str = "";
-
-impl DeliveryBackend for PostgresBackend {
-    fn begin<'a>(
-        &'a self,
-        delivery: &'a VerifiedDelivery,
-        _max_run_time: Duration,
-    ) -> BoxFuture<'a, Result<Begin, StoreError>> {
-        Box::pin(async move {
-            let mut tx = match tokio::time::timeout(self.acquire_timeout, self.pool.begin()).await {
-                Ok(result) => result.map_err(postgres_error)?,
-                Err(_elapsed) => {
-                    return Err(StoreError::new(
-                        "PostgreSQL: no pool connection within the acquire timeout",
-                    ))
-                }
-            };
-            let id = delivery.id().as_str();
-            // Never waits: a copy holding the key makes this false at once.
-            let locked: bool = sqlx::query_scalar(
-                "SELECT pg_try_advisory_xact_lock(hashtextextended($1 || chr(31) || $2, 0))",
-            )
-            .bind(delivery.tenant().unwrap_or(NO_TENANT))
-            .bind(id)
-            .fetch_one(&mut *tx)
-            .await
-            .map_err(postgres_error)?;
-            if !locked {
-                return Ok(Begin::InProgress { remaining: None });
-            }
-            let handled: Option<String> = sqlx::query_scalar(&format!(
-                "SELECT outcome FROM {}.handled_deliveries WHERE tenant = $1 AND delivery_id = $2",
-                self.schema
-            ))
-            .bind(delivery.tenant().unwrap_or(NO_TENANT))
-            .bind(id)
-            .fetch_optional(&mut *tx)
-            .await
-            .map_err(postgres_error)?;
-            if handled.is_some() {
-                return Ok(Begin::Duplicate);
-            }
-            Ok(Begin::Started(Arc::new(TransactionGuard {
-                tx: Tx(Arc::new(Mutex::new(Some(tx)))),
-                schema: self.schema.clone(),
-                delivery: delivery.clone(),
-            })))
-        })
-    }
-}
-
-/// The delivery's open transaction, held by its run.
-struct TransactionGuard {
-    tx: Tx,
-    schema: Arc<str>,
-    delivery: VerifiedDelivery,
-}
-
-impl DeliveryGuard for TransactionGuard {
-    fn provide(&self, resources: &mut http::Extensions) {
-        resources.insert(self.tx.clone());
-    }
-
-    fn finish(&self, finish: Finish) -> BoxFuture<'_, Result<(), StoreError>> {
-        Box::pin(async move {
-            let Some(mut tx) = self.tx.0.lock().await.take() else {
-                return Err(StoreError::new(
-                    "PostgreSQL: the delivery's transaction is gone",
-                ));
-            };
-            let outcome = match finish {
-                Finish::Handled => "handled",
-                Finish::GivenUp => "given_up",
-                _ => {
-                    // Best effort: a rollback that fails leaves the
-                    // connection to be closed, which aborts it as well.
-                    let _ = tx.rollback().await;
-                    return Ok(());
-                }
-            };
-            sqlx::query(&format!(
-                "INSERT INTO {}.handled_deliveries (tenant, delivery_id, event_type, outcome, attempt) \
-                 VALUES ($1, $2, $3, $4, $5)",
-                self.schema
-            ))
-            .bind(self.delivery.tenant().unwrap_or(NO_TENANT))
-            .bind(self.delivery.id().as_str())
-            .bind(self.delivery.event_type())
-            .bind(outcome)
-            .bind(self.delivery.attempt().and_then(|a| i32::try_from(a).ok()))
-            .execute(&mut *tx)
-            .await
-            .map_err(postgres_error)?;
-            tx.commit().await.map_err(postgres_error)
-        })
-    }
-}
-
-/// The delivery's transaction, as a handler argument: what a handler writes
-/// through [`conn`](Self::conn) commits together with the delivery's
-/// "handled" record, or rolls back with it.
-///
-/// Never run `COMMIT` or `ROLLBACK` on it yourself: the delivery does that
-/// with its outcome. After the delivery finished, `conn` is an error.
-#[derive(Clone)]
-pub struct Tx(Arc<Mutex<Option<Transaction<'static, Postgres>>>>);
-
-impl std::fmt::Debug for Tx {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.write_str("Tx(..)")
-    }
-}
-
-impl Tx {
-    /// The transaction's connection, for `sqlx::query(..).execute(&mut *conn)`.
-    /// Several handlers of one delivery take turns.
-    pub async fn conn(&self) -> Result<MappedMutexGuard<'_, PgConnection>, HandlerError> {
-        let guard = self.0.lock().await;
-        MutexGuard::try_map(guard, |tx| tx.as_deref_mut())
-            .map_err(|_| HandlerError::msg("the delivery's transaction is finished"))
-    }
-}
-
-impl<S> FromDelivery<S> for Tx {
-    fn from_delivery(cx: &DeliveryContext<'_, S>) -> Result<Self, HandlerError> {
-        cx.resources().get::<Tx>().cloned().ok_or_else(|| {
-            HandlerError::msg(
-                "no PostgreSQL transaction for this delivery: the delivery layer's backend is not a PostgresBackend",
-            )
-        })
-    }
-}

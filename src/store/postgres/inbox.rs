@@ -1,0 +1,689 @@
+//! The inbox: verified deliveries stored and acknowledged at once, and the
+//! operators' view of them.
+
+use std::convert::Infallible;
+use std::fmt;
+use std::sync::Arc;
+use std::task::{Context, Poll};
+use std::time::Duration;
+
+use bytes::Bytes;
+use futures_util::future::BoxFuture;
+use http::{Request, Response, StatusCode};
+use http_body_util::BodyExt;
+use sqlx::postgres::PgPool;
+use time::OffsetDateTime;
+use tokio::sync::Notify;
+use tower_service::Service;
+
+use super::schedule::{Clock, RetrySchedule, WallClock};
+use super::{
+    checked_schema, migrations, postgres_error, DEFAULT_ACQUIRE_TIMEOUT, DEFAULT_SCHEMA, NO_TENANT,
+};
+use crate::delivery::Rejection;
+use crate::model::Event;
+use crate::response::{answer, BytesBody};
+use crate::store::StoreError;
+use crate::verify::VerifiedDelivery;
+
+/// How long done rows are kept by default (3 days, past Cariosan's
+/// retries, so that a late copy is still recognised).
+pub const DEFAULT_DONE_RETENTION: Duration = Duration::from_secs(3 * 24 * 3600);
+
+/// How long dead rows are kept by default (14 days), for a fix and a replay.
+pub const DEFAULT_DEAD_RETENTION: Duration = Duration::from_secs(14 * 24 * 3600);
+
+/// A durable inbox in PostgreSQL: see the [module docs](super).
+///
+/// [`service`](Self::service) stores each verified delivery and answers
+/// `202 queued`; [`workers`](Self::workers) run the handlers; the other
+/// methods are the operators' (also the `cariosan-webhooks inbox` command).
+/// Cheap to clone: the pool and the configuration are shared.
+#[derive(Clone)]
+pub struct Inbox {
+    pub(super) pool: PgPool,
+    pub(super) config: Arc<InboxConfig>,
+}
+
+#[derive(Clone)]
+pub(super) struct InboxConfig {
+    pub(super) schema: Arc<str>,
+    pub(super) tenant: Arc<str>,
+    pub(super) schedule: RetrySchedule,
+    pub(super) clock: Arc<dyn Clock>,
+    pub(super) keep_done_bodies: bool,
+    pub(super) done_retention: Duration,
+    pub(super) dead_retention: Duration,
+    pub(super) acquire_timeout: Duration,
+    /// Rung by this process's ingest so that its idle workers need not wait
+    /// for their next poll.
+    pub(super) wake: Arc<Notify>,
+}
+
+impl fmt::Debug for Inbox {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let config = &self.config;
+        f.debug_struct("Inbox")
+            .field("schema", &config.schema)
+            .field("tenant", &config.tenant)
+            .field("schedule", &config.schedule)
+            .field("keep_done_bodies", &config.keep_done_bodies)
+            .field("done_retention", &config.done_retention)
+            .field("dead_retention", &config.dead_retention)
+            .finish_non_exhaustive()
+    }
+}
+
+impl Inbox {
+    /// An inbox on your pool, in the default schema, with the default
+    /// [`RetrySchedule`].
+    pub fn new(pool: PgPool) -> Self {
+        Self {
+            pool,
+            config: Arc::new(InboxConfig {
+                schema: DEFAULT_SCHEMA.into(),
+                tenant: NO_TENANT.into(),
+                schedule: RetrySchedule::default(),
+                clock: Arc::new(WallClock),
+                keep_done_bodies: false,
+                done_retention: DEFAULT_DONE_RETENTION,
+                dead_retention: DEFAULT_DEAD_RETENTION,
+                acquire_timeout: DEFAULT_ACQUIRE_TIMEOUT,
+                wake: Arc::new(Notify::new()),
+            }),
+        }
+    }
+
+    fn configure(mut self, change: impl FnOnce(&mut InboxConfig)) -> Self {
+        change(Arc::make_mut(&mut self.config));
+        self
+    }
+
+    /// Keeps the crate's tables in `schema` (default `cariosan_webhooks`).
+    ///
+    /// # Panics
+    ///
+    /// If `schema` is not a plain lowercase identifier.
+    #[must_use]
+    pub fn schema(self, schema: &str) -> Self {
+        let schema = checked_schema(schema);
+        self.configure(|config| config.schema = schema)
+    }
+
+    /// The operator methods on `tenant`'s deliveries (default: the single
+    /// workspace, stored as `''`). Ingest takes the tenant from each
+    /// delivery; workers run every tenant's.
+    #[must_use]
+    pub fn for_tenant(self, tenant: &str) -> Self {
+        let tenant: Arc<str> = tenant.into();
+        self.configure(|config| config.tenant = tenant)
+    }
+
+    /// When failed runs are retried and when a delivery is dead.
+    #[must_use]
+    pub fn retry(self, schedule: RetrySchedule) -> Self {
+        self.configure(|config| config.schedule = schedule)
+    }
+
+    /// The clock of due times, claims and retention ([`WallClock`] by
+    /// default).
+    #[must_use]
+    pub fn clock(self, clock: impl Clock) -> Self {
+        let clock: Arc<dyn Clock> = Arc::new(clock);
+        self.configure(|config| config.clock = clock)
+    }
+
+    /// Keeps the body of a handled delivery for the done retention, so that
+    /// it can be replayed (default: dropped as it is handled). Chat content
+    /// then stays in the inbox for that long; a `message.deleted` still
+    /// drops its message's bodies.
+    #[must_use]
+    pub fn keep_done_bodies(self, keep: bool) -> Self {
+        self.configure(|config| config.keep_done_bodies = keep)
+    }
+
+    /// How long done rows are kept by [`prune`](Self::prune) (default 3
+    /// days): a copy arriving within it is acknowledged as a duplicate.
+    #[must_use]
+    pub fn done_retention(self, retention: Duration) -> Self {
+        self.configure(|config| config.done_retention = retention)
+    }
+
+    /// How long dead rows are kept by [`prune`](Self::prune) (default 14
+    /// days).
+    #[must_use]
+    pub fn dead_retention(self, retention: Duration) -> Self {
+        self.configure(|config| config.dead_retention = retention)
+    }
+
+    /// How long ingest waits for a pool connection (default 2 s) before it
+    /// answers `503 store_unavailable`.
+    #[must_use]
+    pub fn acquire_timeout(self, timeout: Duration) -> Self {
+        self.configure(|config| config.acquire_timeout = timeout)
+    }
+
+    /// The pool.
+    pub fn pool(&self) -> &PgPool {
+        &self.pool
+    }
+
+    /// The retry schedule.
+    pub fn schedule(&self) -> &RetrySchedule {
+        &self.config.schedule
+    }
+
+    /// The session advisory lock [`migrate`](Self::migrate) holds: the same
+    /// as [`PostgresBackend::migration_lock_key`](super::PostgresBackend::migration_lock_key).
+    pub fn migration_lock_key(&self) -> i64 {
+        migrations::lock_key(&self.config.schema)
+    }
+
+    /// Creates or upgrades the crate's tables (the inbox and the
+    /// transactional backend's), once, under the migration lock.
+    pub async fn migrate(&self) -> Result<(), StoreError> {
+        migrations::run(&self.pool, &self.config.schema)
+            .await
+            .map_err(postgres_error)
+    }
+
+    /// The ingest service, to put behind a
+    /// [`VerificationLayer`](crate::verification::VerificationLayer): it
+    /// stores each verified delivery and answers `202 queued` once the row
+    /// has committed.
+    pub fn service(&self) -> InboxService {
+        InboxService {
+            inbox: self.clone(),
+        }
+    }
+
+    pub(super) fn table(&self) -> String {
+        format!("{}.inbox", self.config.schema)
+    }
+
+    pub(super) fn now(&self) -> OffsetDateTime {
+        self.config.clock.now()
+    }
+
+    /// Stores `delivery` unless a row for it exists; whether it was new.
+    pub async fn ingest(
+        &self,
+        delivery: &VerifiedDelivery,
+        body: &[u8],
+    ) -> Result<bool, StoreError> {
+        let sql = format!(
+            "INSERT INTO {} (tenant, delivery_id, event_type, message_ids, body, signed_at, sender_attempt, due_at) \
+             VALUES ($1, $2, $3, $4, $5, $6, $7, $8) ON CONFLICT DO NOTHING",
+            self.table()
+        );
+        let insert = sqlx::query(&sql)
+            .bind(delivery.tenant().unwrap_or(NO_TENANT))
+            .bind(delivery.id().as_str())
+            .bind(delivery.event_type())
+            .bind(message_ids(delivery))
+            .bind(body)
+            .bind(delivery.signed_at())
+            .bind(delivery.attempt().and_then(|a| i32::try_from(a).ok()))
+            .bind(self.now());
+        let inserted =
+            match tokio::time::timeout(self.config.acquire_timeout, insert.execute(&self.pool))
+                .await
+            {
+                Ok(done) => done.map_err(postgres_error)?.rows_affected() == 1,
+                Err(_elapsed) => {
+                    return Err(StoreError::new(
+                        "PostgreSQL: the inbox insert did not finish within the acquire timeout",
+                    ))
+                }
+            };
+        if inserted {
+            self.config.wake.notify_one();
+        }
+        Ok(inserted)
+    }
+
+    /// Rows of this inbox's tenant, newest first, at most `limit`.
+    pub async fn list(&self, filter: ListFilter) -> Result<Vec<InboxEntry>, StoreError> {
+        let sql = format!(
+            "SELECT {ENTRY_COLUMNS} FROM {} WHERE tenant = $1 AND ($2::text IS NULL OR status = $2) \
+             ORDER BY received_at DESC, delivery_id LIMIT $3",
+            self.table()
+        );
+        let rows: Vec<EntryRow> = sqlx::query_as(&sql)
+            .bind(&*self.config.tenant)
+            .bind(filter.status.map(InboxStatus::as_str))
+            .bind(i64::from(filter.limit))
+            .fetch_all(&self.pool)
+            .await
+            .map_err(postgres_error)?;
+        rows.into_iter().map(InboxEntry::try_from).collect()
+    }
+
+    /// The row of delivery `id`, without its body.
+    pub async fn get(&self, id: &str) -> Result<Option<InboxEntry>, StoreError> {
+        let sql = format!(
+            "SELECT {ENTRY_COLUMNS} FROM {} WHERE tenant = $1 AND delivery_id = $2",
+            self.table()
+        );
+        let row: Option<EntryRow> = sqlx::query_as(&sql)
+            .bind(&*self.config.tenant)
+            .bind(id)
+            .fetch_optional(&self.pool)
+            .await
+            .map_err(postgres_error)?;
+        row.map(InboxEntry::try_from).transpose()
+    }
+
+    /// The stored body of delivery `id`: chat content. `None` when there is
+    /// no such row or its body was dropped.
+    pub async fn body(&self, id: &str) -> Result<Option<Bytes>, StoreError> {
+        let sql = format!(
+            "SELECT body FROM {} WHERE tenant = $1 AND delivery_id = $2",
+            self.table()
+        );
+        let body: Option<Option<Vec<u8>>> = sqlx::query_scalar(&sql)
+            .bind(&*self.config.tenant)
+            .bind(id)
+            .fetch_optional(&self.pool)
+            .await
+            .map_err(postgres_error)?;
+        Ok(body.flatten().map(Bytes::from))
+    }
+
+    /// Queues a done or dead delivery again, with a fresh set of attempts,
+    /// due now. Refused when it is queued already, or when its body is gone.
+    pub async fn replay(&self, id: &str) -> Result<(), InboxError> {
+        let sql = format!(
+            "UPDATE {} SET status = 'queued', outcome = NULL, attempts = 0, recorded_attempts = 0, \
+             due_at = $3, finished_at = NULL \
+             WHERE tenant = $1 AND delivery_id = $2 AND status <> 'queued' AND body IS NOT NULL",
+            self.table()
+        );
+        let replayed = sqlx::query(&sql)
+            .bind(&*self.config.tenant)
+            .bind(id)
+            .bind(self.now())
+            .execute(&self.pool)
+            .await
+            .map_err(postgres_error)?
+            .rows_affected();
+        if replayed == 1 {
+            self.config.wake.notify_one();
+            return Ok(());
+        }
+        Err(match self.get(id).await? {
+            None => InboxError::NotFound(id.to_owned()),
+            Some(entry) if entry.status == InboxStatus::Queued => {
+                InboxError::AlreadyQueued(id.to_owned())
+            }
+            Some(_) => InboxError::NoBody(id.to_owned()),
+        })
+    }
+
+    /// Queues every dead delivery that still has its body again; how many.
+    pub async fn replay_dead(&self) -> Result<u64, StoreError> {
+        let sql = format!(
+            "UPDATE {} SET status = 'queued', outcome = NULL, attempts = 0, recorded_attempts = 0, \
+             due_at = $2, finished_at = NULL \
+             WHERE tenant = $1 AND status = 'dead' AND body IS NOT NULL",
+            self.table()
+        );
+        let replayed = sqlx::query(&sql)
+            .bind(&*self.config.tenant)
+            .bind(self.now())
+            .execute(&self.pool)
+            .await
+            .map_err(postgres_error)?
+            .rows_affected();
+        if replayed > 0 {
+            self.config.wake.notify_waiters();
+        }
+        Ok(replayed)
+    }
+
+    /// Deletes the stored body of delivery `id`; whether it had one. A
+    /// queued delivery cannot run without it, so it becomes dead. Waits for
+    /// a run of it in progress to end.
+    pub async fn purge(&self, id: &str) -> Result<bool, StoreError> {
+        let sql = format!(
+            "UPDATE {} SET body = NULL, \
+             outcome = CASE WHEN status = 'queued' THEN 'purged' ELSE outcome END, \
+             last_error = CASE WHEN status = 'queued' THEN 'its body was purged before it was handled' ELSE last_error END, \
+             finished_at = coalesce(finished_at, $3), \
+             status = CASE WHEN status = 'queued' THEN 'dead' ELSE status END \
+             WHERE tenant = $1 AND delivery_id = $2 AND body IS NOT NULL",
+            self.table()
+        );
+        let purged = sqlx::query(&sql)
+            .bind(&*self.config.tenant)
+            .bind(id)
+            .bind(self.now())
+            .execute(&self.pool)
+            .await
+            .map_err(postgres_error)?
+            .rows_affected();
+        Ok(purged == 1)
+    }
+
+    /// Deletes done rows older than the done retention and dead rows older
+    /// than the dead retention, of every tenant. Call it now and then (the
+    /// `receiver` example does, hourly).
+    pub async fn prune(&self) -> Result<Pruned, StoreError> {
+        let sql = format!(
+            "WITH gone AS (DELETE FROM {} WHERE \
+               (status = 'done' AND finished_at < $1) OR (status = 'dead' AND finished_at < $2) \
+               RETURNING status) \
+             SELECT count(*) FILTER (WHERE status = 'done'), count(*) FILTER (WHERE status = 'dead') FROM gone",
+            self.table()
+        );
+        let now = self.now();
+        let (done, dead): (i64, i64) = sqlx::query_as(&sql)
+            .bind(now - self.config.done_retention)
+            .bind(now - self.config.dead_retention)
+            .fetch_one(&self.pool)
+            .await
+            .map_err(postgres_error)?;
+        Ok(Pruned {
+            done: done.unsigned_abs(),
+            dead: dead.unsigned_abs(),
+        })
+    }
+}
+
+/// The messages whose content a delivery's body holds: the message itself
+/// first, then the one it quotes; a moderation action's message. A
+/// `message.deleted` drops the stored bodies that name its message.
+pub(super) fn message_ids(delivery: &VerifiedDelivery) -> Vec<String> {
+    let Some(envelope) = delivery.envelope() else {
+        return Vec::new();
+    };
+    let message = match &envelope.event {
+        Event::MessageCreated(event) => &event.message,
+        Event::MessageUpdated(event) => &event.message,
+        Event::MessageDeleted(event) => &event.message,
+        Event::MessageMentioned(event) => &event.message,
+        Event::ModerationAction(action) => {
+            return action
+                .message_id
+                .iter()
+                .map(|id| id.as_str().to_owned())
+                .collect()
+        }
+        _ => return Vec::new(),
+    };
+    let mut ids = vec![message.id.as_str().to_owned()];
+    let quoted = message.quoted_message.as_ref().map(|q| &q.id);
+    ids.extend(
+        quoted
+            .or(message.parent_id.as_ref())
+            .map(|id| id.as_str().to_owned()),
+    );
+    ids
+}
+
+/// Which rows [`Inbox::list`] returns.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[non_exhaustive]
+pub struct ListFilter {
+    /// Only rows in this state; every row when `None`.
+    pub status: Option<InboxStatus>,
+    /// At most this many (default 100).
+    pub limit: u32,
+}
+
+impl Default for ListFilter {
+    fn default() -> Self {
+        Self {
+            status: None,
+            limit: 100,
+        }
+    }
+}
+
+impl ListFilter {
+    /// Rows in `status`.
+    pub fn status(status: InboxStatus) -> Self {
+        Self {
+            status: Some(status),
+            ..Self::default()
+        }
+    }
+}
+
+/// Where a delivery is in the inbox.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+#[non_exhaustive]
+pub enum InboxStatus {
+    /// Waiting for its first run or a retry, or running.
+    Queued,
+    /// Handled (or ignored): never run again unless replayed.
+    Done,
+    /// Out of attempts, given up or purged: kept for a fix and a replay.
+    Dead,
+}
+
+impl InboxStatus {
+    /// `queued`, `done` or `dead`, as stored.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Queued => "queued",
+            Self::Done => "done",
+            Self::Dead => "dead",
+        }
+    }
+}
+
+impl std::str::FromStr for InboxStatus {
+    type Err = String;
+
+    fn from_str(text: &str) -> Result<Self, String> {
+        match text {
+            "queued" => Ok(Self::Queued),
+            "done" => Ok(Self::Done),
+            "dead" => Ok(Self::Dead),
+            other => Err(format!(
+                "{other:?} is not an inbox status (queued, done, dead)"
+            )),
+        }
+    }
+}
+
+impl fmt::Display for InboxStatus {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+/// One delivery in the inbox, without its body (see [`Inbox::body`]).
+#[derive(Debug, Clone, PartialEq, Eq)]
+#[non_exhaustive]
+pub struct InboxEntry {
+    /// The tenant (`""` for a single workspace).
+    pub tenant: String,
+    /// The delivery id.
+    pub id: String,
+    /// The event type.
+    pub event_type: String,
+    /// Queued, done or dead.
+    pub status: InboxStatus,
+    /// How it ended: `handled`, `ignored`, `given_up`, `failed`, `lost`,
+    /// `superseded` (its message was deleted first), `purged`.
+    pub outcome: Option<String>,
+    /// Runs started.
+    pub attempts: u32,
+    /// Runs whose end is recorded (or found lost): one less than
+    /// `attempts` while a run is in progress.
+    pub attempts_ended: u32,
+    /// The sender's `X-Cariosan-Attempt` of the stored copy.
+    pub sender_attempt: Option<u32>,
+    /// When the sender signed the stored copy, in Unix seconds.
+    pub signed_at: i64,
+    /// When it was stored.
+    pub received_at: OffsetDateTime,
+    /// When a queued delivery runs next.
+    pub due_at: OffsetDateTime,
+    /// When it became done or dead.
+    pub finished_at: Option<OffsetDateTime>,
+    /// The last failed run's error.
+    pub last_error: Option<String>,
+    /// The stored body's length; `None` once dropped.
+    pub body_len: Option<usize>,
+}
+
+const ENTRY_COLUMNS: &str = "tenant, delivery_id, event_type, status, outcome, attempts, recorded_attempts, sender_attempt, \
+     signed_at, received_at, due_at, finished_at, last_error, octet_length(body)";
+
+type EntryRow = (
+    String,
+    String,
+    String,
+    String,
+    Option<String>,
+    i32,
+    i32,
+    Option<i32>,
+    i64,
+    OffsetDateTime,
+    OffsetDateTime,
+    Option<OffsetDateTime>,
+    Option<String>,
+    Option<i32>,
+);
+
+impl TryFrom<EntryRow> for InboxEntry {
+    type Error = StoreError;
+
+    fn try_from(row: EntryRow) -> Result<Self, StoreError> {
+        let (
+            tenant,
+            id,
+            event_type,
+            status,
+            outcome,
+            attempts,
+            recorded_attempts,
+            sender_attempt,
+            signed_at,
+            received_at,
+            due_at,
+            finished_at,
+            last_error,
+            body_len,
+        ) = row;
+        Ok(Self {
+            tenant,
+            id,
+            event_type,
+            status: status
+                .parse()
+                .map_err(|e: String| StoreError::new(format!("PostgreSQL: {e}")))?,
+            outcome,
+            attempts: attempts.unsigned_abs(),
+            attempts_ended: recorded_attempts.unsigned_abs(),
+            sender_attempt: sender_attempt.map(i32::unsigned_abs),
+            signed_at,
+            received_at,
+            due_at,
+            finished_at,
+            last_error,
+            body_len: body_len.map(|len| len.unsigned_abs() as usize),
+        })
+    }
+}
+
+/// What [`Inbox::prune`] deleted.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+#[non_exhaustive]
+pub struct Pruned {
+    /// Done rows.
+    pub done: u64,
+    /// Dead rows.
+    pub dead: u64,
+}
+
+/// Why an operator action on the inbox was refused.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum InboxError {
+    /// No row for this delivery id.
+    #[error("no delivery {0} in the inbox")]
+    NotFound(String),
+    /// The delivery is queued (or running) already.
+    #[error("delivery {0} is queued already")]
+    AlreadyQueued(String),
+    /// Its body was dropped (handled without `keep_done_bodies`, purged, or
+    /// removed by a `message.deleted`): there is nothing to run.
+    #[error("delivery {0} has no stored body (dropped once handled, purged, or removed when its message was deleted), so it cannot be replayed; ask Cariosan to redeliver it")]
+    NoBody(String),
+    /// PostgreSQL failed.
+    #[error(transparent)]
+    Store(#[from] StoreError),
+}
+
+/// The [`Service`] made by [`Inbox::service`]: behind a verification layer,
+/// it stores each verified delivery and answers `202 queued` (a new
+/// delivery) or `200 duplicate` (one stored before), only after the row
+/// committed; `503 store_unavailable` when it could not be stored.
+#[derive(Clone, Debug)]
+pub struct InboxService {
+    inbox: Inbox,
+}
+
+impl InboxService {
+    /// The inbox it stores into.
+    pub fn inbox(&self) -> &Inbox {
+        &self.inbox
+    }
+}
+
+/// How soon the sender should retry when the inbox could not store.
+const STORE_RETRY_AFTER: Duration = Duration::from_secs(5);
+
+/// Generic over the body so that it mounts like any axum service
+/// (`post_service(inbox.service()).layer(verification)`); the body it reads
+/// is the one the verification layer already read and bounded, since
+/// nothing else inserts a [`VerifiedDelivery`].
+impl<B> Service<Request<B>> for InboxService
+where
+    B: http_body::Body + Send + 'static,
+    B::Data: Send,
+{
+    type Response = Response<BytesBody>;
+    type Error = Infallible;
+    type Future = BoxFuture<'static, Result<Response<BytesBody>, Infallible>>;
+
+    fn poll_ready(&mut self, _cx: &mut Context<'_>) -> Poll<Result<(), Infallible>> {
+        Poll::Ready(Ok(()))
+    }
+
+    fn call(&mut self, request: Request<B>) -> Self::Future {
+        let inbox = self.inbox.clone();
+        Box::pin(async move {
+            let (parts, body) = request.into_parts();
+            let Some(delivery) = parts.extensions.get::<VerifiedDelivery>() else {
+                return Ok(crate::delivery::not_verified());
+            };
+            let Ok(body) = body.collect().await.map(|collected| collected.to_bytes()) else {
+                return Ok(crate::verification::Rejection::BodyReadFailed.to_response());
+            };
+            Ok(match inbox.ingest(delivery, &body).await {
+                Ok(true) => {
+                    tracing::info!("stored in the inbox: acknowledged, to be handled by a worker");
+                    answer(StatusCode::ACCEPTED, "queued", None)
+                }
+                Ok(false) => {
+                    tracing::info!("already in the inbox: acknowledged as a duplicate");
+                    answer(StatusCode::OK, "duplicate", None)
+                }
+                Err(error) => {
+                    crate::metrics::store_error("inbox_ingest");
+                    tracing::error!(%error, "could not store the delivery in the inbox: answering 503");
+                    Rejection::StoreUnavailable {
+                        retry_after: STORE_RETRY_AFTER,
+                    }
+                    .to_response()
+                }
+            })
+        })
+    }
+}

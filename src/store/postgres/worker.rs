@@ -1,0 +1,672 @@
+//! The inbox's workers: claim a due row, run the handlers in the row's own
+//! transaction, record the outcome in that transaction.
+//!
+//! An attempt is counted in a short transaction of its own *before* the
+//! run, and the run's transaction then locks the row. So a run whose
+//! process dies (or whose connection drops) has still used its attempt,
+//! and is found by the next claim as lost: a handler that kills its process
+//! every time ends dead after the last attempt, like one that fails.
+
+use std::panic::AssertUnwindSafe;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::Arc;
+use std::time::Duration;
+
+use futures_util::FutureExt;
+use http::Extensions;
+use sqlx::postgres::Postgres;
+use sqlx::Transaction;
+use time::OffsetDateTime;
+use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
+use tracing::Instrument;
+
+use super::inbox::{message_ids, Inbox};
+use super::postgres_error;
+use super::transactional::Tx;
+use crate::delivery::{Generation, DEFAULT_MAX_RUN_TIME};
+use crate::dispatch::{GivenUp, HandlerError, Outcome, Webhooks};
+use crate::model::EventId;
+use crate::store::StoreError;
+use crate::verify::VerifiedDelivery;
+
+/// Workers run by default.
+pub const DEFAULT_CONCURRENCY: usize = 4;
+
+/// How often an idle worker looks for due rows by default. Rows stored by
+/// this process wake a worker at once; rows stored by another replica, and
+/// retries coming due, wait at most this long.
+pub const DEFAULT_POLL_INTERVAL: Duration = Duration::from_millis(500);
+
+/// The least time a claimed row is not due, whatever the schedule: it
+/// covers the gap between counting the attempt and locking the row for the
+/// run. A run lost (its process died) is due again after its retry delay,
+/// or this, whichever is longer.
+const CLAIM_GRACE: Duration = Duration::from_secs(1);
+
+/// The longest error text kept on a row.
+const MAX_ERROR_LEN: usize = 2000;
+
+/// A pool of inbox workers, configured; [`start`](Self::start) runs them.
+/// Made by [`Inbox::workers`].
+#[must_use]
+pub struct Workers<S> {
+    inbox: Inbox,
+    webhooks: Webhooks<S>,
+    concurrency: usize,
+    max_run_time: Duration,
+    poll_interval: Duration,
+}
+
+impl<S> std::fmt::Debug for Workers<S> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Workers")
+            .field("inbox", &self.inbox)
+            .field("concurrency", &self.concurrency)
+            .field("max_run_time", &self.max_run_time)
+            .field("poll_interval", &self.poll_interval)
+            .finish_non_exhaustive()
+    }
+}
+
+impl Inbox {
+    /// Workers that run `webhooks` for this inbox's deliveries (of every
+    /// tenant).
+    pub fn workers<S>(&self, webhooks: Webhooks<S>) -> Workers<S>
+    where
+        S: Clone + Send + Sync + 'static,
+    {
+        Workers {
+            inbox: self.clone(),
+            webhooks,
+            concurrency: DEFAULT_CONCURRENCY,
+            max_run_time: DEFAULT_MAX_RUN_TIME,
+            poll_interval: DEFAULT_POLL_INTERVAL,
+        }
+    }
+}
+
+impl<S> Workers<S>
+where
+    S: Clone + Send + Sync + 'static,
+{
+    /// How many deliveries run at once in this process (default 4). Each
+    /// running delivery holds one pool connection, and a claim briefly
+    /// another.
+    ///
+    /// # Panics
+    ///
+    /// If `workers` is 0.
+    pub fn concurrency(mut self, workers: usize) -> Self {
+        assert!(workers > 0, "an inbox needs at least one worker");
+        self.concurrency = workers;
+        self
+    }
+
+    /// The hard limit of a run (default 5 minutes): past it the handlers
+    /// are dropped, their transaction rolled back to before them, and the
+    /// run counts as a failed attempt.
+    ///
+    /// # Panics
+    ///
+    /// If `limit` is zero.
+    pub fn max_run_time(mut self, limit: Duration) -> Self {
+        assert!(!limit.is_zero(), "max_run_time must be positive");
+        self.max_run_time = limit;
+        self
+    }
+
+    /// How often an idle worker looks for due rows (default 500 ms).
+    ///
+    /// # Panics
+    ///
+    /// If `every` is zero.
+    pub fn poll_interval(mut self, every: Duration) -> Self {
+        assert!(!every.is_zero(), "the poll interval must be positive");
+        self.poll_interval = every;
+        self
+    }
+
+    /// Starts the workers on the current tokio runtime. They run until
+    /// [`WorkersHandle::shutdown`]; dropping the handle leaves them running.
+    pub fn start(self) -> WorkersHandle {
+        let stop = CancellationToken::new();
+        let cancel = CancellationToken::new();
+        let cancelled = Arc::new(AtomicUsize::new(0));
+        let shared = Arc::new(Shared {
+            inbox: self.inbox,
+            webhooks: self.webhooks,
+            max_run_time: self.max_run_time,
+            poll_interval: self.poll_interval,
+            stop: stop.clone(),
+            cancel: cancel.clone(),
+            cancelled: cancelled.clone(),
+        });
+        let tracker = TaskTracker::new();
+        for worker in 0..self.concurrency {
+            let span = tracing::info_span!("cariosan_inbox_worker", worker);
+            tracker.spawn(work(shared.clone()).instrument(span));
+        }
+        tracker.close();
+        WorkersHandle {
+            stop,
+            cancel,
+            tracker,
+            cancelled,
+        }
+    }
+}
+
+/// Running workers. Dropping it leaves them running.
+#[derive(Debug)]
+pub struct WorkersHandle {
+    stop: CancellationToken,
+    cancel: CancellationToken,
+    tracker: TaskTracker,
+    cancelled: Arc<AtomicUsize>,
+}
+
+/// How [`WorkersHandle::shutdown`] went.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[non_exhaustive]
+pub struct Stopped {
+    /// Runs still going at the deadline: their handlers were dropped and
+    /// their effects rolled back; they are due again at once, their attempt
+    /// not counted.
+    pub cancelled: usize,
+}
+
+impl WorkersHandle {
+    /// Stops claiming, lets the runs in progress finish for up to
+    /// `deadline`, then cancels the rest and waits for their rollback.
+    pub async fn shutdown(self, deadline: Duration) -> Stopped {
+        self.stop.cancel();
+        if tokio::time::timeout(deadline, self.tracker.wait())
+            .await
+            .is_err()
+        {
+            self.cancel.cancel();
+            // A handler that blocks its thread is not dropped by this;
+            // its process's exit aborts its transaction.
+            let _ = tokio::time::timeout(crate::delivery::CANCEL_GRACE, self.tracker.wait()).await;
+        }
+        Stopped {
+            cancelled: self.cancelled.load(Ordering::SeqCst),
+        }
+    }
+}
+
+struct Shared<S> {
+    inbox: Inbox,
+    webhooks: Webhooks<S>,
+    max_run_time: Duration,
+    poll_interval: Duration,
+    stop: CancellationToken,
+    cancel: CancellationToken,
+    cancelled: Arc<AtomicUsize>,
+}
+
+/// What a claim found.
+enum Claim {
+    /// A row to run.
+    Run(Claimed),
+    /// A row whose last attempt was lost, now dead: look again at once.
+    Settled,
+    /// Nothing due.
+    Empty,
+}
+
+/// A row whose attempt `attempt` this worker counted.
+struct Claimed {
+    tenant: String,
+    id: String,
+    event_type: String,
+    attempt: i32,
+}
+
+async fn work<S: Clone + Send + Sync + 'static>(shared: Arc<Shared<S>>) {
+    loop {
+        if shared.stop.is_cancelled() {
+            return;
+        }
+        match shared.claim().await {
+            Ok(Claim::Run(claimed)) => {
+                let span = tracing::info_span!(
+                    "cariosan_webhook",
+                    delivery_id = %claimed.id,
+                    event_type = %claimed.event_type,
+                    attempt = claimed.attempt,
+                );
+                let ran = AssertUnwindSafe(shared.run(&claimed).instrument(span))
+                    .catch_unwind()
+                    .await;
+                if ran.is_err() {
+                    tracing::error!(delivery_id = %claimed.id, "an inbox run panicked outside the handlers; the row is due again after its backoff");
+                }
+                continue;
+            }
+            Ok(Claim::Settled) => continue,
+            Ok(Claim::Empty) => {}
+            Err(error) => {
+                crate::metrics::store_error("inbox_claim");
+                tracing::warn!(%error, "could not claim from the inbox; trying again");
+            }
+        }
+        tokio::select! {
+            () = shared.stop.cancelled() => return,
+            () = shared.inbox.config.wake.notified() => {}
+            () = tokio::time::sleep(shared.poll_interval) => {}
+        }
+    }
+}
+
+/// A locked row's body (gone once dropped) and signed time.
+type StoredRow = (Option<Vec<u8>>, i64);
+
+/// How a run ended, before it is recorded.
+enum Ran {
+    Outcome(Outcome),
+    TimedOut,
+    Cancelled,
+}
+
+/// What the row becomes.
+enum Record {
+    Done(&'static str),
+    Retry {
+        error: String,
+        after: Duration,
+    },
+    Dead {
+        outcome: &'static str,
+        error: String,
+    },
+    /// Cancelled by shutdown: due again now, the attempt given back.
+    Again,
+}
+
+impl<S: Clone + Send + Sync + 'static> Shared<S> {
+    /// Counts the next attempt of the earliest due row, in a transaction of
+    /// its own, and pushes its due time to when that attempt's retry would
+    /// be due (at least [`CLAIM_GRACE`] away): if the run is lost, that is
+    /// when it runs again.
+    async fn claim(&self) -> Result<Claim, StoreError> {
+        let inbox = &self.inbox;
+        let table = inbox.table();
+        let now = inbox.now();
+        let mut tx = inbox.pool.begin().await.map_err(postgres_error)?;
+        let row: Option<(String, String, String, i32, i32)> = sqlx::query_as(&format!(
+            "SELECT tenant, delivery_id, event_type, attempts, recorded_attempts FROM {table} \
+             WHERE status = 'queued' AND due_at <= $1 ORDER BY due_at LIMIT 1 FOR UPDATE SKIP LOCKED"
+        ))
+        .bind(now)
+        .fetch_optional(&mut *tx)
+        .await
+        .map_err(postgres_error)?;
+        let Some((tenant, id, event_type, attempts, recorded)) = row else {
+            tx.commit().await.map_err(postgres_error)?;
+            return Ok(Claim::Empty);
+        };
+        let lost = (attempts > recorded).then(|| {
+            crate::metrics::inbox_run("lost", &event_type);
+            tracing::warn!(delivery_id = %id, attempt = attempts, "an inbox run did not finish: its process died, or its transaction was lost");
+            format!("attempt {attempts} did not finish: its process died, its connection to PostgreSQL was lost, or its outcome could not be committed")
+        });
+        let schedule = &inbox.config.schedule;
+        if attempts >= i32::try_from(schedule.attempts()).unwrap_or(i32::MAX) {
+            sqlx::query(&format!(
+                "UPDATE {table} SET status = 'dead', outcome = 'lost', last_error = coalesce($3, last_error), \
+                 recorded_attempts = attempts, finished_at = $4 WHERE tenant = $1 AND delivery_id = $2"
+            ))
+            .bind(&tenant)
+            .bind(&id)
+            .bind(&lost)
+            .bind(now)
+            .execute(&mut *tx)
+            .await
+            .map_err(postgres_error)?;
+            tx.commit().await.map_err(postgres_error)?;
+            crate::metrics::inbox_run("dead", &event_type);
+            tracing::error!(delivery_id = %id, attempts, "an inbox delivery is dead: its last attempt did not finish");
+            let error = lost.unwrap_or_else(|| "out of attempts".to_owned());
+            self.report_dead(&id, &event_type, attempts, error).await;
+            return Ok(Claim::Settled);
+        }
+        let attempt = attempts + 1;
+        // At least the grace, so that no other worker claims the row in
+        // the moment before this worker's run locks it.
+        let due = now + schedule.delay(&id, attempt.unsigned_abs()).max(CLAIM_GRACE);
+        sqlx::query(&format!(
+            "UPDATE {table} SET attempts = $3, recorded_attempts = attempts, due_at = $4, \
+             last_error = coalesce($5, last_error) WHERE tenant = $1 AND delivery_id = $2"
+        ))
+        .bind(&tenant)
+        .bind(&id)
+        .bind(attempt)
+        .bind(due)
+        .bind(&lost)
+        .execute(&mut *tx)
+        .await
+        .map_err(postgres_error)?;
+        tx.commit().await.map_err(postgres_error)?;
+        Ok(Claim::Run(Claimed {
+            tenant,
+            id,
+            event_type,
+            attempt,
+        }))
+    }
+
+    async fn report_dead(&self, id: &str, event_type: &str, attempts: i32, error: String) {
+        let id = EventId::new(id);
+        let given_up = GivenUp {
+            id,
+            event_type: event_type.to_owned(),
+            attempt: Some(attempts.unsigned_abs()),
+            error: HandlerError::msg(error),
+        };
+        if let Err(error) = self.webhooks.report_given_up(given_up).await {
+            tracing::error!(%error, "the on_give_up hook failed for a dead inbox delivery");
+        }
+    }
+
+    /// Runs the handlers for a claimed row inside the row's transaction,
+    /// and records the outcome in it.
+    async fn run(&self, claimed: &Claimed) {
+        let inbox = &self.inbox;
+        let table = inbox.table();
+        let mut tx = match inbox.pool.begin().await {
+            Ok(tx) => tx,
+            Err(error) => {
+                crate::metrics::store_error("inbox_claim");
+                tracing::warn!(%error, "could not open the run's transaction; the row is due again after its backoff");
+                return;
+            }
+        };
+        // The attempt fences: a row claimed again since is not ours. This
+        // waits rather than skips: another worker's claim may hold the row
+        // for a moment (a row it locked and then found not due stays
+        // locked until its claim commits).
+        let row: Result<Option<StoredRow>, _> = sqlx::query_as(&format!(
+            "SELECT body, signed_at FROM {table} \
+             WHERE tenant = $1 AND delivery_id = $2 AND status = 'queued' AND attempts = $3 \
+             FOR UPDATE"
+        ))
+        .bind(&claimed.tenant)
+        .bind(&claimed.id)
+        .bind(claimed.attempt)
+        .fetch_optional(&mut *tx)
+        .await;
+        let (body, signed_at) = match row {
+            Ok(Some(row)) => row,
+            Ok(None) => return,
+            Err(error) => {
+                crate::metrics::store_error("inbox_claim");
+                tracing::warn!(error = %postgres_error(error), "could not lock the claimed row");
+                return;
+            }
+        };
+        let tenant = (!claimed.tenant.is_empty()).then(|| Arc::from(claimed.tenant.as_str()));
+        let attempt = Some(claimed.attempt.unsigned_abs());
+        let delivery = body
+            .as_deref()
+            .and_then(|body| VerifiedDelivery::from_stored(tenant, attempt, signed_at, body));
+        let Some(delivery) = delivery else {
+            let error = if body.is_none() {
+                "its body is gone: it cannot run"
+            } else {
+                "its stored body is not a Cariosan envelope"
+            };
+            let record = Record::Dead {
+                outcome: "failed",
+                error: error.to_owned(),
+            };
+            self.record(tx, claimed, record, None).await;
+            return;
+        };
+        let savepoint = sqlx::query("SAVEPOINT cariosan_handlers")
+            .execute(&mut *tx)
+            .await;
+        if let Err(error) = savepoint {
+            tracing::warn!(error = %postgres_error(error), "could not start the run");
+            return;
+        }
+        let handle = Tx::new(tx);
+        let mut resources = Extensions::new();
+        resources.insert(handle.clone());
+        resources.insert(Generation(u64::from(claimed.attempt.unsigned_abs())));
+        let started = tokio::time::Instant::now();
+        crate::metrics::run_started();
+        let ran = tokio::select! {
+            biased;
+            outcome = tokio::time::timeout(self.max_run_time, self.webhooks.handle_with(&delivery, &resources)) => {
+                outcome.map_or(Ran::TimedOut, Ran::Outcome)
+            }
+            () = self.cancel.cancelled() => Ran::Cancelled,
+        };
+        crate::metrics::run_finished(&claimed.event_type, started.elapsed());
+        drop(resources);
+        let Some(mut tx) = handle.take().await else {
+            return;
+        };
+        let schedule = &inbox.config.schedule;
+        let record = match ran {
+            Ran::Outcome(Outcome::Handled) => Record::Done("handled"),
+            Ran::Outcome(Outcome::Ignored) => Record::Done("ignored"),
+            Ran::Outcome(Outcome::GivenUp(error)) => Record::Dead {
+                outcome: "given_up",
+                error: error.to_string(),
+            },
+            Ran::Outcome(Outcome::RetryLater(error)) => Record::Retry {
+                after: schedule.retry_later(error.retry_after().unwrap_or_default()),
+                error: format!("retry later: {error}"),
+            },
+            Ran::Outcome(failed) => Record::Retry {
+                after: schedule.delay(&claimed.id, claimed.attempt.unsigned_abs()),
+                error: match failed {
+                    Outcome::Failed(error) => error.to_string(),
+                    Outcome::Panicked => "a handler panicked".to_owned(),
+                    Outcome::Malformed => "the event's data does not fit the model and no on_malformed handler took it".to_owned(),
+                    other => format!("the handlers answered {}", other.code()),
+                },
+            },
+            Ran::TimedOut => {
+                crate::metrics::run_cancelled("max_run_time");
+                Record::Retry {
+                    after: schedule.delay(&claimed.id, claimed.attempt.unsigned_abs()),
+                    error: format!(
+                        "the run passed max_run_time ({:?}) and was cancelled",
+                        self.max_run_time
+                    ),
+                }
+            }
+            Ran::Cancelled => {
+                crate::metrics::run_cancelled("shutdown");
+                self.cancelled.fetch_add(1, Ordering::SeqCst);
+                Record::Again
+            }
+        };
+        if !matches!(record, Record::Done(_)) {
+            if let Err(error) = sqlx::query("ROLLBACK TO SAVEPOINT cariosan_handlers")
+                .execute(&mut *tx)
+                .await
+            {
+                crate::metrics::store_error("inbox_finish");
+                tracing::error!(error = %postgres_error(error), "could not roll the handlers' effects back; the whole transaction is abandoned and the attempt will show as lost");
+                return;
+            }
+        }
+        let deleted = (delivery.event_type() == "message.deleted")
+            .then(|| message_ids(&delivery).into_iter().next())
+            .flatten();
+        self.record(tx, claimed, record, deleted.as_deref()).await;
+    }
+
+    /// Writes the row's new state in the run's transaction and commits it,
+    /// with the handlers' effects when they succeeded.
+    async fn record(
+        &self,
+        mut tx: Transaction<'static, Postgres>,
+        claimed: &Claimed,
+        record: Record,
+        deleted_message: Option<&str>,
+    ) {
+        let inbox = &self.inbox;
+        let table = inbox.table();
+        let now = inbox.now();
+        let max_attempts = inbox.config.schedule.attempts();
+        let record = match record {
+            Record::Retry { error, .. } if claimed.attempt.unsigned_abs() >= max_attempts => {
+                Record::Dead {
+                    outcome: "failed",
+                    error,
+                }
+            }
+            other => other,
+        };
+        let (_label, result) = match &record {
+            Record::Done(outcome) => {
+                let keep = inbox.config.keep_done_bodies;
+                let written = sqlx::query(&format!(
+                    "UPDATE {table} SET status = 'done', outcome = $3, recorded_attempts = attempts, finished_at = $4, \
+                     body = CASE WHEN $5 THEN body END WHERE tenant = $1 AND delivery_id = $2"
+                ))
+                .bind(&claimed.tenant)
+                .bind(&claimed.id)
+                .bind(*outcome)
+                .bind(now)
+                .bind(keep)
+                .execute(&mut *tx)
+                .await;
+                let written = match (written, deleted_message) {
+                    (Ok(_), Some(message)) => {
+                        drop_bodies_of(&mut tx, &table, &claimed.tenant, &claimed.id, message, now)
+                            .await
+                    }
+                    (written, _) => written.map(drop),
+                };
+                ("done", written)
+            }
+            Record::Retry { error, after } => {
+                let written = sqlx::query(&format!(
+                    "UPDATE {table} SET last_error = $3, due_at = $4, recorded_attempts = attempts \
+                     WHERE tenant = $1 AND delivery_id = $2"
+                ))
+                .bind(&claimed.tenant)
+                .bind(&claimed.id)
+                .bind(bounded(error))
+                .bind(now + *after)
+                .execute(&mut *tx)
+                .await;
+                ("retry", written.map(drop))
+            }
+            Record::Dead { outcome, error } => {
+                let written = sqlx::query(&format!(
+                    "UPDATE {table} SET status = 'dead', outcome = $3, last_error = $4, recorded_attempts = attempts, \
+                     finished_at = $5 WHERE tenant = $1 AND delivery_id = $2"
+                ))
+                .bind(&claimed.tenant)
+                .bind(&claimed.id)
+                .bind(*outcome)
+                .bind(bounded(error))
+                .bind(now)
+                .execute(&mut *tx)
+                .await;
+                ("dead", written.map(drop))
+            }
+            Record::Again => {
+                let written = sqlx::query(&format!(
+                    "UPDATE {table} SET attempts = attempts - 1, recorded_attempts = attempts - 1, due_at = $3 \
+                     WHERE tenant = $1 AND delivery_id = $2"
+                ))
+                .bind(&claimed.tenant)
+                .bind(&claimed.id)
+                .bind(now)
+                .execute(&mut *tx)
+                .await;
+                ("again", written.map(drop))
+            }
+        };
+        let committed = match result {
+            Ok(()) => tx.commit().await,
+            Err(error) => Err(error),
+        };
+        if let Err(error) = committed {
+            crate::metrics::store_error("inbox_finish");
+            tracing::error!(error = %postgres_error(error), "could not record the run's outcome: its effects are rolled back and it runs again after its backoff");
+            return;
+        }
+        match record {
+            Record::Done(outcome) => {
+                crate::metrics::inbox_run("done", &claimed.event_type);
+                tracing::info!(outcome, "inbox delivery done");
+            }
+            Record::Retry { error, after } => {
+                crate::metrics::inbox_run("retry", &claimed.event_type);
+                tracing::warn!(%error, retry_in = ?after, "inbox run failed; it will be retried");
+            }
+            Record::Dead { outcome, error } => {
+                crate::metrics::inbox_run("dead", &claimed.event_type);
+                tracing::error!(outcome, %error, "inbox delivery is dead; replay it after a fix");
+                // A handler's give-up ran the hook already.
+                if outcome != "given_up" {
+                    self.report_dead(&claimed.id, &claimed.event_type, claimed.attempt, error)
+                        .await;
+                }
+            }
+            Record::Again => {
+                tracing::warn!("inbox run cancelled by shutdown; due again now");
+            }
+        }
+    }
+}
+
+/// A `message.deleted` was handled: no stored body may keep its message's
+/// text. Finished rows that hold it lose their body; queued copies of that
+/// message itself (an edit still retrying, say) are superseded. Rows running
+/// now are skipped: they drop their body as they finish, if they succeed.
+async fn drop_bodies_of(
+    tx: &mut Transaction<'static, Postgres>,
+    table: &str,
+    tenant: &str,
+    deleting: &str,
+    message: &str,
+    now: OffsetDateTime,
+) -> Result<(), sqlx::Error> {
+    sqlx::query(&format!(
+        "UPDATE {table} SET body = NULL WHERE (tenant, delivery_id) IN ( \
+           SELECT tenant, delivery_id FROM {table} WHERE tenant = $1 AND message_ids @> ARRAY[$2] \
+           AND delivery_id <> $3 AND body IS NOT NULL AND status <> 'queued' ORDER BY delivery_id FOR UPDATE)"
+    ))
+    .bind(tenant)
+    .bind(message)
+    .bind(deleting)
+    .execute(&mut **tx)
+    .await?;
+    sqlx::query(&format!(
+        "UPDATE {table} SET body = NULL, status = 'done', outcome = 'superseded', finished_at = $4, \
+         recorded_attempts = attempts WHERE (tenant, delivery_id) IN ( \
+           SELECT tenant, delivery_id FROM {table} WHERE tenant = $1 AND message_ids @> ARRAY[$2] \
+           AND message_ids[1] = $2 AND delivery_id <> $3 AND status = 'queued' ORDER BY delivery_id \
+           FOR UPDATE SKIP LOCKED)"
+    ))
+    .bind(tenant)
+    .bind(message)
+    .bind(deleting)
+    .bind(now)
+    .execute(&mut **tx)
+    .await?;
+    Ok(())
+}
+
+/// `error`, cut to at most [`MAX_ERROR_LEN`] bytes on a character boundary.
+fn bounded(error: &str) -> &str {
+    if error.len() <= MAX_ERROR_LEN {
+        return error;
+    }
+    let mut cut = MAX_ERROR_LEN;
+    while !error.is_char_boundary(cut) {
+        cut -= 1;
+    }
+    &error[..cut]
+}
