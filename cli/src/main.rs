@@ -2,6 +2,8 @@
 //! captured ones, and listen for real ones.
 
 mod http_client;
+#[cfg(feature = "inbox")]
+mod inbox;
 mod listen;
 mod send;
 mod verify;
@@ -29,6 +31,11 @@ Examples:
   # print every verified delivery sent to port 3000
   cariosan-webhooks listen --addr 127.0.0.1:3000
 
+  # the inbox's dead deliveries; one in detail; queue them again after a fix
+  DATABASE_URL=postgres://... cariosan-webhooks inbox list --status dead
+  cariosan-webhooks inbox show evt_01JDB7Q3KX2W9V0M4T8R6N5P1A
+  cariosan-webhooks inbox replay --dead
+
 The secret comes from --secret or CARIOSAN_WEBHOOK_SECRET (which keeps it out of shell history).";
 
 #[derive(Parser)]
@@ -48,6 +55,10 @@ enum Command {
     Verify(verify::Verify),
     /// Run a receiver that prints every verified delivery.
     Listen(listen::Listen),
+    /// List, show, replay and purge the deliveries in a PostgreSQL inbox
+    /// (DATABASE_URL).
+    #[cfg(feature = "inbox")]
+    Inbox(inbox::InboxCommand),
 }
 
 /// The signing secret, from the flag or the environment.
@@ -89,6 +100,8 @@ fn main() -> ExitCode {
             Command::Sign(sign) => sign.run(),
             Command::Verify(verify) => verify.run(),
             Command::Listen(listen) => listen.run().await,
+            #[cfg(feature = "inbox")]
+            Command::Inbox(inbox) => inbox.run().await,
         }
     });
     match result {

@@ -1,0 +1,246 @@
+//! `inbox`: look at and act on a PostgreSQL inbox's deliveries.
+
+use std::io::Write;
+use std::process::ExitCode;
+
+use cariosan_webhooks::store::postgres::{
+    sqlx, Inbox, InboxEntry, InboxError, InboxStatus, ListFilter,
+};
+use time::format_description::well_known::Rfc3339;
+use time::OffsetDateTime;
+
+#[derive(clap::Args)]
+pub struct InboxCommand {
+    #[command(flatten)]
+    target: Target,
+    #[command(subcommand)]
+    action: Action,
+}
+
+/// Which inbox.
+#[derive(clap::Args)]
+struct Target {
+    /// The database; its password stays out of shell history when it comes
+    /// from the environment.
+    #[arg(
+        long,
+        env = "DATABASE_URL",
+        hide_env_values = true,
+        global = true,
+        required = false,
+        default_value = ""
+    )]
+    database_url: String,
+    /// The schema the crate's tables are in.
+    #[arg(long, default_value = "cariosan_webhooks", global = true)]
+    schema: String,
+    /// The tenant (workspace) when one receiver serves several.
+    #[arg(long, default_value = "", global = true)]
+    tenant: String,
+}
+
+#[derive(clap::Subcommand)]
+enum Action {
+    /// Deliveries, newest first.
+    List {
+        /// Only deliveries in this state: queued, done or dead.
+        #[arg(long)]
+        status: Option<InboxStatus>,
+        /// At most this many.
+        #[arg(long, default_value_t = 50)]
+        limit: u32,
+    },
+    /// One delivery: its headers, attempts and last error; the body (chat
+    /// content) only with --body.
+    Show {
+        /// The delivery id.
+        id: String,
+        /// Also print the stored body.
+        #[arg(long)]
+        body: bool,
+    },
+    /// Queue a dead or done delivery again, with fresh attempts, as long as
+    /// its body is kept.
+    Replay {
+        /// The delivery id.
+        #[arg(required_unless_present = "dead", conflicts_with = "dead")]
+        id: Option<String>,
+        /// Every dead delivery that still has its body.
+        #[arg(long)]
+        dead: bool,
+    },
+    /// Delete a delivery's stored body (a queued one becomes dead).
+    Purge {
+        /// The delivery id.
+        id: String,
+    },
+}
+
+impl InboxCommand {
+    pub async fn run(self) -> Result<ExitCode, String> {
+        let inbox = self.target.open().await?;
+        let store = |e: cariosan_webhooks::store::StoreError| e.to_string();
+        let mut out = std::io::stdout().lock();
+        match self.action {
+            Action::List { status, limit } => {
+                let mut filter = status.map_or_else(ListFilter::default, ListFilter::status);
+                filter.limit = limit;
+                let entries = inbox.list(filter).await.map_err(store)?;
+                let _ = writeln!(
+                    out,
+                    "{:<32} {:<7} {:<18} {:>8}  {:<20} last error",
+                    "delivery", "status", "type", "attempts", "received"
+                );
+                for entry in &entries {
+                    let _ = writeln!(
+                        out,
+                        "{:<32} {:<7} {:<18} {:>8}  {:<20} {}",
+                        entry.id,
+                        entry.status,
+                        entry.event_type,
+                        entry.attempts,
+                        when(entry.received_at),
+                        one_line(entry.last_error.as_deref().unwrap_or("-"), 60),
+                    );
+                }
+                if entries.is_empty() {
+                    let _ = writeln!(out, "(none)");
+                }
+            }
+            Action::Show { id, body } => {
+                let Some(entry) = inbox.get(&id).await.map_err(store)? else {
+                    return Err(format!("no delivery {id} in the inbox"));
+                };
+                show(&mut out, &entry);
+                if body {
+                    match inbox.body(&id).await.map_err(store)? {
+                        Some(bytes) => {
+                            let _ = writeln!(out, "\n{}", String::from_utf8_lossy(&bytes));
+                        }
+                        None => {
+                            let _ = writeln!(out, "\n(no body: it was dropped once handled, purged, or removed when its message was deleted)");
+                        }
+                    }
+                }
+            }
+            Action::Replay { id: Some(id), .. } => match inbox.replay(&id).await {
+                Ok(()) => {
+                    let _ = writeln!(out, "queued {id} again");
+                }
+                Err(InboxError::Store(error)) => return Err(error.to_string()),
+                Err(refused) => {
+                    eprintln!("refused: {refused}");
+                    return Ok(ExitCode::from(1));
+                }
+            },
+            Action::Replay { id: None, .. } => {
+                let replayed = inbox.replay_dead().await.map_err(store)?;
+                let _ = writeln!(out, "queued {replayed} dead deliveries again");
+            }
+            Action::Purge { id } => {
+                if inbox.purge(&id).await.map_err(store)? {
+                    let _ = writeln!(out, "purged the body of {id}");
+                } else {
+                    let _ = writeln!(out, "{id} has no stored body (or is not in the inbox)");
+                }
+            }
+        }
+        Ok(ExitCode::SUCCESS)
+    }
+}
+
+impl Target {
+    async fn open(&self) -> Result<Inbox, String> {
+        if self.database_url.is_empty() {
+            return Err("no database: set DATABASE_URL or pass --database-url".to_owned());
+        }
+        let valid_schema = !self.schema.is_empty()
+            && self.schema.len() <= 63
+            && !self.schema.starts_with(|c: char| c.is_ascii_digit())
+            && self
+                .schema
+                .bytes()
+                .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'_');
+        if !valid_schema {
+            return Err(format!(
+                "--schema {:?} is not a plain lowercase identifier",
+                self.schema
+            ));
+        }
+        let pool = sqlx::postgres::PgPoolOptions::new()
+            .max_connections(2)
+            .acquire_timeout(std::time::Duration::from_secs(5))
+            .connect(&self.database_url)
+            .await
+            .map_err(|e| format!("PostgreSQL at DATABASE_URL: {e}"))?;
+        Ok(Inbox::new(pool)
+            .schema(&self.schema)
+            .for_tenant(&self.tenant))
+    }
+}
+
+fn show(out: &mut impl Write, entry: &InboxEntry) {
+    let optional = |time: Option<OffsetDateTime>| time.map_or_else(|| "-".to_owned(), when);
+    let signed_at = OffsetDateTime::from_unix_timestamp(entry.signed_at)
+        .map_or_else(|_| entry.signed_at.to_string(), when);
+    let lines = [
+        ("X-Cariosan-Delivery", entry.id.clone()),
+        ("X-Cariosan-Event", entry.event_type.clone()),
+        (
+            "X-Cariosan-Attempt",
+            entry
+                .sender_attempt
+                .map_or_else(|| "-".to_owned(), |a| a.to_string()),
+        ),
+        ("signed at", signed_at),
+        ("tenant", entry.tenant.clone()),
+        ("status", entry.status.to_string()),
+        (
+            "outcome",
+            entry.outcome.clone().unwrap_or_else(|| "-".into()),
+        ),
+        ("attempts", entry.attempts.to_string()),
+        ("received", when(entry.received_at)),
+        (
+            "due",
+            if entry.status == InboxStatus::Queued {
+                when(entry.due_at)
+            } else {
+                "-".to_owned()
+            },
+        ),
+        ("finished", optional(entry.finished_at)),
+        (
+            "body",
+            entry
+                .body_len
+                .map_or_else(|| "none".to_owned(), |len| format!("{len} bytes kept")),
+        ),
+        (
+            "last error",
+            entry.last_error.clone().unwrap_or_else(|| "-".into()),
+        ),
+    ];
+    for (name, value) in lines {
+        let _ = writeln!(out, "{name:<20} {value}");
+    }
+}
+
+fn when(time: OffsetDateTime) -> String {
+    time.replace_nanosecond(0)
+        .ok()
+        .and_then(|t| t.format(&Rfc3339).ok())
+        .unwrap_or_else(|| time.to_string())
+}
+
+/// `text` on one line, cut to `max` characters.
+fn one_line(text: &str, max: usize) -> String {
+    let flat: String = text
+        .chars()
+        .map(|c| if c.is_control() { ' ' } else { c })
+        .collect();
+    match flat.char_indices().nth(max) {
+        Some((cut, _)) => format!("{}…", &flat[..cut]),
+        None => flat,
+    }
+}
