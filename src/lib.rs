@@ -17,7 +17,8 @@
 //! - [`delivery`]: a tower layer that runs each verified delivery at most
 //!   once at a time and, while its store remembers it, never again after it
 //!   was handled, recorded in a [`store`] (memory, Redis, PostgreSQL in the
-//!   handlers' own transaction) or any
+//!   handlers' own transaction, or a durable PostgreSQL inbox that answers
+//!   `202` at once and runs the handlers from workers) or any
 //!   [`DeliveryBackend`](delivery::DeliveryBackend). What each store keeps
 //!   through a crash, a restart or a pause is in the README's guarantee
 //!   table.
@@ -88,7 +89,7 @@
 //! | 200 | `ignored` | [`Outcome`] | no handler matched |
 //! | 200 | `given_up` | [`Outcome`] | a handler returned `HandlerError::give_up` |
 //! | 200 | `duplicate` | [`delivery`] | the delivery was handled before: nothing ran |
-//! | 202 | `queued` | the PostgreSQL inbox (planned) | stored durably, to be handled by the inbox's workers |
+//! | 202 | `queued` | the PostgreSQL inbox (`store::postgres::Inbox`) | stored and committed, to be handled by the inbox's workers |
 //! | 400 | `delivery_header_missing`, `delivery_header_invalid`, `event_header_missing`, `event_header_invalid` | [`verification`] | a protocol header is absent, repeated or malformed |
 //! | 400 | `envelope_invalid`, `envelope_mismatch` | [`verification`] | the signed body is not an envelope, or its `id`/`type` disagree with the headers |
 //! | 400 | `body_read_failed` | [`verification`] | the client broke off the body |
@@ -120,7 +121,7 @@
 //! | `layer` | yes | the two layers, [`CariosanWebhookLayer`], [`Webhooks`], the in-memory [`store`] (tower, http, tokio, tokio-util) |
 //! | `axum` | no | the `VerifiedEvent` and [`VerifiedDelivery`] extractors and `IntoResponse` for the rejections (axum-core) |
 //! | `redis` | no | `store::RedisStore`, an idempotency store shared by several replicas |
-//! | `postgres` | no | `store::postgres`: deliveries recorded in the handlers' own PostgreSQL transaction, for exactly-once database effects (sqlx) |
+//! | `postgres` | no | `store::postgres`: deliveries recorded in the handlers' own PostgreSQL transaction, for exactly-once database effects, inline (`PostgresBackend`) or from a durable inbox with retries and dead letters (`Inbox`) (sqlx) |
 //! | `ring` | no | HMAC-SHA256 from `ring`'s assembly instead of `hmac` + `sha2`: 1.6 to 1.8× faster on CPUs without SHA extensions (needs a C compiler) |
 //! | `metrics` | no | counters, gauges and histograms through the `metrics` facade: see [`metrics`] |
 //! | `test-util` | no | `test_util`: signed test requests, a [`Delivery`] for unit tests, sample events of every type |

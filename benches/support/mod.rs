@@ -17,6 +17,7 @@ use tower::Layer;
 
 pub mod interleave;
 mod json;
+pub mod load;
 
 pub const SECRET: &str = "whsec_2CfBq8m1ZbLr0v5yHkQ7tE9uXw3aJs6N";
 pub const T: i64 = 1_795_000_000;

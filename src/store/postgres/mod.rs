@@ -156,8 +156,9 @@
 //! **Workers.** [`Inbox::workers`] claims the earliest due row with `FOR
 //! UPDATE SKIP LOCKED`, so any number of workers and replicas share the
 //! queue without taking the same row. A claim first counts the attempt and
-//! moves the row's due time to that attempt's retry time, in a short
-//! transaction of its own; then the run's transaction locks the row, opens a
+//! moves the row's due time to that attempt's retry time (unjittered, and at
+//! least 1 s away), in one statement that commits on its own; then the run's
+//! transaction locks the row, opens a
 //! savepoint, runs [`Webhooks::handle`](crate::Webhooks::handle) with the
 //! transaction as [`Tx`] (handlers see the inbox's attempt as
 //! `Delivery::attempt` and `Delivery::generation`), and records the outcome

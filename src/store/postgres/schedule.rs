@@ -148,6 +148,12 @@ impl RetrySchedule {
         self
     }
 
+    /// The first delay and the cap, for the claim's own (unjittered)
+    /// due time.
+    pub(super) fn backoff_bounds(&self) -> (Duration, Duration) {
+        (self.first, self.cap)
+    }
+
     /// How many runs a delivery gets.
     pub fn attempts(&self) -> u32 {
         self.max_attempts

@@ -1,7 +1,7 @@
 //! The inbox's workers: claim a due row, run the handlers in the row's own
 //! transaction, record the outcome in that transaction.
 //!
-//! An attempt is counted in a short transaction of its own *before* the
+//! An attempt is counted in a statement that commits on its own *before* the
 //! run, and the run's transaction then locks the row. So a run whose
 //! process dies (or whose connection drops) has still used its attempt,
 //! and is found by the next claim as lost: a handler that kills its process
@@ -43,6 +43,9 @@ pub const DEFAULT_POLL_INTERVAL: Duration = Duration::from_millis(500);
 /// run. A run lost (its process died) is due again after its retry delay,
 /// or this, whichever is longer.
 const CLAIM_GRACE: Duration = Duration::from_secs(1);
+
+/// How often a busy worker also looks for rows whose last attempt was lost.
+const SWEEP_EVERY: Duration = Duration::from_secs(10);
 
 /// The longest error text kept on a row.
 const MAX_ERROR_LEN: usize = 2000;
@@ -210,8 +213,6 @@ struct Shared<S> {
 enum Claim {
     /// A row to run.
     Run(Claimed),
-    /// A row whose last attempt was lost, now dead: look again at once.
-    Settled,
     /// Nothing due.
     Empty,
 }
@@ -222,14 +223,25 @@ struct Claimed {
     id: String,
     event_type: String,
     attempt: i32,
+    body: Option<Vec<u8>>,
+    signed_at: i64,
 }
 
 async fn work<S: Clone + Send + Sync + 'static>(shared: Arc<Shared<S>>) {
+    let mut swept = tokio::time::Instant::now();
     loop {
         if shared.stop.is_cancelled() {
             return;
         }
-        match shared.claim().await {
+        let claimed = shared.claim().await;
+        if !matches!(claimed, Ok(Claim::Run(_))) || swept.elapsed() >= SWEEP_EVERY {
+            swept = tokio::time::Instant::now();
+            if let Err(error) = shared.sweep().await {
+                crate::metrics::store_error("inbox_claim");
+                tracing::warn!(%error, "could not sweep the inbox for lost last attempts");
+            }
+        }
+        match claimed {
             Ok(Claim::Run(claimed)) => {
                 let span = tracing::info_span!(
                     "cariosan_webhook",
@@ -245,7 +257,6 @@ async fn work<S: Clone + Send + Sync + 'static>(shared: Arc<Shared<S>>) {
                 }
                 continue;
             }
-            Ok(Claim::Settled) => continue,
             Ok(Claim::Empty) => {}
             Err(error) => {
                 crate::metrics::store_error("inbox_claim");
@@ -260,8 +271,10 @@ async fn work<S: Clone + Send + Sync + 'static>(shared: Arc<Shared<S>>) {
     }
 }
 
-/// A locked row's body (gone once dropped) and signed time.
-type StoredRow = (Option<Vec<u8>>, i64);
+/// What a claim returns: the key, the type, the attempt it counted,
+/// whether the attempt before was lost, the body (gone once dropped) and
+/// the signed time.
+type ClaimedRow = (String, String, String, i32, bool, Option<Vec<u8>>, i64);
 
 /// How a run ended, before it is recorded.
 enum Ran {
@@ -286,75 +299,84 @@ enum Record {
 }
 
 impl<S: Clone + Send + Sync + 'static> Shared<S> {
-    /// Counts the next attempt of the earliest due row, in a transaction of
-    /// its own, and pushes its due time to when that attempt's retry would
-    /// be due (at least [`CLAIM_GRACE`] away): if the run is lost, that is
-    /// when it runs again.
+    /// Counts the next attempt of the earliest due row, in one statement
+    /// that commits on its own, and moves its due time to when that
+    /// attempt's retry would be due (without jitter, and at least
+    /// [`CLAIM_GRACE`] away): if the run is lost, that is when it runs
+    /// again. Rows whose every attempt was used are left to [`Self::sweep`].
     async fn claim(&self) -> Result<Claim, StoreError> {
         let inbox = &self.inbox;
         let table = inbox.table();
-        let now = inbox.now();
-        let mut tx = inbox.pool.begin().await.map_err(postgres_error)?;
-        let row: Option<(String, String, String, i32, i32)> = sqlx::query_as(&format!(
-            "SELECT tenant, delivery_id, event_type, attempts, recorded_attempts FROM {table} \
-             WHERE status = 'queued' AND due_at <= $1 ORDER BY due_at LIMIT 1 FOR UPDATE SKIP LOCKED"
+        let schedule = &inbox.config.schedule;
+        let (first, cap) = schedule.backoff_bounds();
+        let row: Option<ClaimedRow> = sqlx::query_as(&format!(
+            "UPDATE {table} AS row SET attempts = row.attempts + 1, recorded_attempts = row.attempts, \
+               due_at = $1 + make_interval(secs => greatest($3, least($5, $4 * power(2, least(row.attempts, 62))))), \
+               last_error = CASE WHEN row.attempts > row.recorded_attempts \
+                 THEN 'attempt ' || row.attempts || ' did not finish: its process died, its connection to PostgreSQL was lost, or its outcome could not be committed' \
+                 ELSE row.last_error END \
+             FROM (SELECT tenant, delivery_id, attempts, recorded_attempts FROM {table} \
+                   WHERE status = 'queued' AND due_at <= $1 AND attempts < $2 \
+                   ORDER BY due_at LIMIT 1 FOR UPDATE SKIP LOCKED) AS due \
+             WHERE row.tenant = due.tenant AND row.delivery_id = due.delivery_id \
+             RETURNING row.tenant, row.delivery_id, row.event_type, row.attempts, \
+               due.attempts > due.recorded_attempts, row.body, row.signed_at"
         ))
-        .bind(now)
-        .fetch_optional(&mut *tx)
+        .bind(inbox.now())
+        .bind(i32::try_from(schedule.attempts()).unwrap_or(i32::MAX))
+        .bind(CLAIM_GRACE.as_secs_f64())
+        .bind(first.as_secs_f64())
+        .bind(cap.as_secs_f64())
+        .fetch_optional(&inbox.pool)
         .await
         .map_err(postgres_error)?;
-        let Some((tenant, id, event_type, attempts, recorded)) = row else {
-            tx.commit().await.map_err(postgres_error)?;
+        let Some((tenant, id, event_type, attempt, lost, body, signed_at)) = row else {
             return Ok(Claim::Empty);
         };
-        let lost = (attempts > recorded).then(|| {
+        if lost {
             crate::metrics::inbox_run("lost", &event_type);
-            tracing::warn!(delivery_id = %id, attempt = attempts, "an inbox run did not finish: its process died, or its transaction was lost");
-            format!("attempt {attempts} did not finish: its process died, its connection to PostgreSQL was lost, or its outcome could not be committed")
-        });
-        let schedule = &inbox.config.schedule;
-        if attempts >= i32::try_from(schedule.attempts()).unwrap_or(i32::MAX) {
-            sqlx::query(&format!(
-                "UPDATE {table} SET status = 'dead', outcome = 'lost', last_error = coalesce($3, last_error), \
-                 recorded_attempts = attempts, finished_at = $4 WHERE tenant = $1 AND delivery_id = $2"
-            ))
-            .bind(&tenant)
-            .bind(&id)
-            .bind(&lost)
-            .bind(now)
-            .execute(&mut *tx)
-            .await
-            .map_err(postgres_error)?;
-            tx.commit().await.map_err(postgres_error)?;
-            crate::metrics::inbox_run("dead", &event_type);
-            tracing::error!(delivery_id = %id, attempts, "an inbox delivery is dead: its last attempt did not finish");
-            let error = lost.unwrap_or_else(|| "out of attempts".to_owned());
-            self.report_dead(&id, &event_type, attempts, error).await;
-            return Ok(Claim::Settled);
+            tracing::warn!(delivery_id = %id, attempt = attempt - 1, "an inbox run did not finish: its process died, or its transaction was lost");
         }
-        let attempt = attempts + 1;
-        // At least the grace, so that no other worker claims the row in
-        // the moment before this worker's run locks it.
-        let due = now + schedule.delay(&id, attempt.unsigned_abs()).max(CLAIM_GRACE);
-        sqlx::query(&format!(
-            "UPDATE {table} SET attempts = $3, recorded_attempts = attempts, due_at = $4, \
-             last_error = coalesce($5, last_error) WHERE tenant = $1 AND delivery_id = $2"
-        ))
-        .bind(&tenant)
-        .bind(&id)
-        .bind(attempt)
-        .bind(due)
-        .bind(&lost)
-        .execute(&mut *tx)
-        .await
-        .map_err(postgres_error)?;
-        tx.commit().await.map_err(postgres_error)?;
         Ok(Claim::Run(Claimed {
             tenant,
             id,
             event_type,
             attempt,
+            body,
+            signed_at,
         }))
+    }
+
+    /// Rows whose last attempt was lost (its process died) are dead: they
+    /// are out of attempts and no run will end them. Run when a claim finds
+    /// nothing, and now and then.
+    async fn sweep(&self) -> Result<(), StoreError> {
+        let inbox = &self.inbox;
+        let table = inbox.table();
+        let now = inbox.now();
+        let swept: Vec<(String, String, i32)> = sqlx::query_as(&format!(
+            "UPDATE {table} AS row SET status = 'dead', outcome = 'lost', recorded_attempts = row.attempts, \
+               finished_at = $1, \
+               last_error = 'attempt ' || row.attempts || ' did not finish: its process died, its connection to PostgreSQL was lost, or its outcome could not be committed' \
+             FROM (SELECT tenant, delivery_id FROM {table} \
+                   WHERE status = 'queued' AND due_at <= $1 AND attempts >= $2 \
+                   ORDER BY due_at LIMIT 100 FOR UPDATE SKIP LOCKED) AS due \
+             WHERE row.tenant = due.tenant AND row.delivery_id = due.delivery_id \
+             RETURNING row.delivery_id, row.event_type, row.attempts"
+        ))
+        .bind(now)
+        .bind(i32::try_from(inbox.config.schedule.attempts()).unwrap_or(i32::MAX))
+        .fetch_all(&inbox.pool)
+        .await
+        .map_err(postgres_error)?;
+        for (id, event_type, attempts) in swept {
+            crate::metrics::inbox_run("lost", &event_type);
+            crate::metrics::inbox_run("dead", &event_type);
+            tracing::error!(delivery_id = %id, attempts, "an inbox delivery is dead: its last attempt did not finish");
+            let error = format!("attempt {attempts} did not finish: its process died, its connection to PostgreSQL was lost, or its outcome could not be committed");
+            self.report_dead(&id, &event_type, attempts, error).await;
+        }
+        Ok(())
     }
 
     async fn report_dead(&self, id: &str, event_type: &str, attempts: i32, error: String) {
@@ -386,9 +408,9 @@ impl<S: Clone + Send + Sync + 'static> Shared<S> {
         // The attempt fences: a row claimed again since is not ours. This
         // waits rather than skips: another worker's claim may hold the row
         // for a moment (a row it locked and then found not due stays
-        // locked until its claim commits).
-        let row: Result<Option<StoredRow>, _> = sqlx::query_as(&format!(
-            "SELECT body, signed_at FROM {table} \
+        // locked until its statement commits).
+        let locked = sqlx::query(&format!(
+            "SELECT 1 FROM {table} \
              WHERE tenant = $1 AND delivery_id = $2 AND status = 'queued' AND attempts = $3 \
              FOR UPDATE"
         ))
@@ -397,15 +419,16 @@ impl<S: Clone + Send + Sync + 'static> Shared<S> {
         .bind(claimed.attempt)
         .fetch_optional(&mut *tx)
         .await;
-        let (body, signed_at) = match row {
-            Ok(Some(row)) => row,
+        match locked {
+            Ok(Some(_)) => {}
             Ok(None) => return,
             Err(error) => {
                 crate::metrics::store_error("inbox_claim");
                 tracing::warn!(error = %postgres_error(error), "could not lock the claimed row");
                 return;
             }
-        };
+        }
+        let (body, signed_at) = (&claimed.body, claimed.signed_at);
         let tenant = (!claimed.tenant.is_empty()).then(|| Arc::from(claimed.tenant.as_str()));
         let attempt = Some(claimed.attempt.unsigned_abs());
         let delivery = body

@@ -1,0 +1,423 @@
+//! The PostgreSQL inbox on this machine, against a local cluster the bench
+//! starts (`synchronous_commit` on, PostgreSQL's default):
+//!
+//! - **ingest**: a server process pinned to core 0 that only verifies and
+//!   stores (`Inbox::service` behind `VerificationLayer`), loaded by this
+//!   process on core 1 with 16 keep-alive connections of new deliveries;
+//!   beside it, the same `INSERT` sent straight from 16 sqlx tasks (what the
+//!   database allows), and that `INSERT` with a `pg_notify` (the cost of
+//!   waking other replicas' workers by `LISTEN`/`NOTIFY`);
+//! - **workers**: the rows the ingest stored, drained by 4 and by 8 workers
+//!   whose handler inserts one row in the row's transaction;
+//! - **wake-up**: from a stored row to its handler starting, for a row this
+//!   process stored (its workers are woken at once) and for one another
+//!   replica stored (found by the 500 ms poll).
+//!
+//! Medians of 3 rounds. `cargo bench -p cariosan-webhooks-benches --bench
+//! inbox` (about 2 minutes).
+
+use std::net::SocketAddr;
+use std::process::{Command, Stdio};
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use cariosan_webhooks::dispatch::EventSelector;
+use cariosan_webhooks::model::Event;
+use cariosan_webhooks::store::postgres::sqlx::{self, postgres::PgPoolOptions, PgPool};
+use cariosan_webhooks::store::postgres::{Inbox, Tx};
+use cariosan_webhooks::test_util::TestDelivery;
+use cariosan_webhooks::verification::VerificationLayer;
+use cariosan_webhooks::{Delivery, HandlerResult, Webhooks};
+
+mod support;
+
+#[path = "../tests/common/postgres_server.rs"]
+#[allow(dead_code)]
+mod postgres_server;
+
+use support::load::{free_port, load, signed_pool, stop, wait_for};
+use support::SECRET;
+
+const INGEST_RUN: Duration = Duration::from_secs(5);
+const ROUNDS: usize = 3;
+const CONNECTIONS: usize = 16;
+
+fn main() {
+    let args: Vec<String> = std::env::args().collect();
+    if let Some(at) = args.iter().position(|a| a == "--serve-ingest") {
+        serve_ingest(args[at + 1].parse().unwrap(), &args[at + 2]);
+        return;
+    }
+    if args.iter().any(|a| a == "--test") || !args.iter().any(|a| a == "--bench") {
+        println!("inbox: run with `cargo bench --bench inbox`");
+        return;
+    }
+    let database = postgres_server::PostgresServer::start();
+    let url = database.url();
+    let pinned = Command::new("taskset")
+        .args(["-p", "-c", "1", &std::process::id().to_string()])
+        .stdout(Stdio::null())
+        .status()
+        .is_ok_and(|status| status.success());
+    assert!(pinned, "taskset could not pin the load generator to core 1");
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+        .unwrap();
+    let pool = runtime.block_on(async {
+        let pool = PgPoolOptions::new()
+            .max_connections(24)
+            .connect(&url)
+            .await
+            .unwrap();
+        let inbox = Inbox::new(pool.clone());
+        inbox.migrate().await.unwrap();
+        sqlx::raw_sql(
+            "CREATE TABLE IF NOT EXISTS effects (delivery_id text NOT NULL, event_type text NOT NULL);
+             CREATE TABLE raw_inbox (LIKE cariosan_webhooks.inbox INCLUDING ALL);",
+        )
+        .execute(&pool)
+        .await
+        .unwrap();
+        let commit: String = sqlx::query_scalar("SHOW synchronous_commit")
+            .fetch_one(&pool)
+            .await
+            .unwrap();
+        assert_eq!(commit, "on");
+        pool
+    });
+    let signed = Arc::new(signed_pool(200_000));
+    let body = support::compact_reply();
+
+    let mut ingest = Vec::new();
+    let mut raw = Vec::new();
+    let mut notify = Vec::new();
+    let mut drain = [Vec::new(), Vec::new()];
+    let mut drain_async = Vec::new();
+    // The same drain without waiting for the WAL flush at commit: how much
+    // of the workers' time is the two commits per delivery.
+    let async_commit = runtime.block_on(async {
+        let options: sqlx::postgres::PgConnectOptions = url.parse().unwrap();
+        PgPoolOptions::new()
+            .max_connections(24)
+            .connect_with(options.options([("synchronous_commit", "off")]))
+            .await
+            .unwrap()
+    });
+    for _ in 0..ROUNDS {
+        runtime.block_on(truncate(&pool));
+        let addr: SocketAddr = format!("127.0.0.1:{}", free_port()).parse().unwrap();
+        let mut server = Command::new("taskset")
+            .args(["-c", "0"])
+            .arg(std::env::current_exe().unwrap())
+            .args(["--serve-ingest", &addr.to_string(), &url])
+            .stdout(Stdio::null())
+            .spawn()
+            .unwrap();
+        wait_for(addr);
+        let next = Arc::new(AtomicUsize::new(0));
+        let result = runtime.block_on(load(
+            addr,
+            INGEST_RUN,
+            CONNECTIONS,
+            signed.clone(),
+            next.clone(),
+            &server,
+        ));
+        stop(&mut server);
+        assert!(
+            next.load(Ordering::Relaxed) < signed.len(),
+            "ran out of ids"
+        );
+        let stored = runtime.block_on(count(&pool, "SELECT count(*) FROM cariosan_webhooks.inbox"));
+        ingest.push((result, stored));
+
+        raw.push(runtime.block_on(raw_inserts(&pool, &body, false)));
+        notify.push(runtime.block_on(raw_inserts(&pool, &body, true)));
+
+        for (at, workers) in [4, 8].into_iter().enumerate() {
+            drain[at].push(runtime.block_on(drain_with(&pool, workers, stored)));
+        }
+        drain_async.push(runtime.block_on(drain_with(&async_commit, 8, stored)));
+    }
+    let wake = runtime.block_on(wake_ups(&url));
+
+    ingest.sort_by(|a, b| a.0.rps.total_cmp(&b.0.rps));
+    let (median, stored) = &ingest[ROUNDS / 2];
+    println!("| what | deliveries/s | p50 | p99 | server CPU µs/delivery |");
+    println!("|---|---|---|---|---|");
+    println!(
+        "| ingest over HTTP, {CONNECTIONS} connections (verify, INSERT, 202) | {:.0} | {:.0} µs | {:.0} µs | {:.1} |",
+        median.rps, median.p50, median.p99, median.cpu_us
+    );
+    println!(
+        "| the same INSERT from {CONNECTIONS} sqlx tasks, no HTTP | {:.0} | | | |",
+        median_of(&mut raw)
+    );
+    println!(
+        "| that INSERT with a pg_notify | {:.0} | | | |",
+        median_of(&mut notify)
+    );
+    println!();
+    println!("| workers (a handler that inserts one row) | deliveries/s | PostgreSQL CPU µs/delivery | worker process CPU µs/delivery |");
+    println!("|---|---|---|---|");
+    for (workers, runs) in [4, 8].into_iter().zip(drain.iter_mut()) {
+        print_drain(&format!("{workers} workers, {stored} rows"), runs);
+    }
+    print_drain(
+        "8 workers, `synchronous_commit` off (where the time goes)",
+        &mut drain_async,
+    );
+    println!();
+    println!(
+        "| wake-up, stored row to handler start (median of {}) | ms |",
+        wake.0.len()
+    );
+    println!("|---|---|");
+    println!(
+        "| stored by this process (local wake-up) | {:.1} |",
+        median_ms(wake.0)
+    );
+    println!(
+        "| stored by another replica (500 ms poll) | {:.1} |",
+        median_ms(wake.1)
+    );
+}
+
+fn print_drain(name: &str, runs: &mut [Drain]) {
+    runs.sort_by(|a, b| a.rate.total_cmp(&b.rate));
+    let median = runs[runs.len() / 2];
+    println!(
+        "| {name} | {:.0} | {:.0} | {:.0} |",
+        median.rate, median.postgres_cpu_us, median.worker_cpu_us
+    );
+}
+
+fn median_of(values: &mut [f64]) -> f64 {
+    values.sort_by(f64::total_cmp);
+    values[values.len() / 2]
+}
+
+fn median_ms(mut values: Vec<Duration>) -> f64 {
+    values.sort();
+    values[values.len() / 2].as_secs_f64() * 1e3
+}
+
+async fn count(pool: &PgPool, sql: &str) -> i64 {
+    sqlx::query_scalar(sql).fetch_one(pool).await.unwrap()
+}
+
+async fn truncate(pool: &PgPool) {
+    sqlx::raw_sql("TRUNCATE cariosan_webhooks.inbox, raw_inbox, effects")
+        .execute(pool)
+        .await
+        .unwrap();
+}
+
+/// The ingest service alone, as a receiver in inbox mode serves it.
+fn serve_ingest(addr: SocketAddr, url: &str) {
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+        .unwrap();
+    runtime.block_on(async move {
+        let pool = PgPoolOptions::new()
+            .max_connections(20)
+            .connect(url)
+            .await
+            .unwrap();
+        let inbox = Inbox::new(pool);
+        let app = axum::Router::new().route(
+            "/webhooks/cariosan",
+            axum::routing::post_service(inbox.service()).layer(VerificationLayer::new(SECRET)),
+        );
+        let listener = tokio::net::TcpListener::bind(addr).await.unwrap();
+        axum::serve(listener, app).await.unwrap();
+    });
+}
+
+/// The ingest's INSERT sent straight from `CONNECTIONS` tasks for the
+/// ingest run's length, into a copy of the table; deliveries/s.
+async fn raw_inserts(pool: &PgPool, body: &[u8], with_notify: bool) -> f64 {
+    let sql = if with_notify {
+        "WITH stored AS (INSERT INTO raw_inbox (delivery_id, event_type, message_ids, body, signed_at, sender_attempt, due_at) \
+         VALUES ($1, 'message.created', ARRAY['msg_1'], $2, 1, 1, now()) ON CONFLICT DO NOTHING RETURNING 1) \
+         SELECT pg_notify('cariosan_webhooks_inbox', '') FROM stored"
+    } else {
+        "INSERT INTO raw_inbox (delivery_id, event_type, message_ids, body, signed_at, sender_attempt, due_at) \
+         VALUES ($1, 'message.created', ARRAY['msg_1'], $2, 1, 1, now()) ON CONFLICT DO NOTHING"
+    };
+    let done = Arc::new(AtomicUsize::new(0));
+    let started = Instant::now();
+    let deadline = started + INGEST_RUN;
+    let tasks: Vec<_> = (0..CONNECTIONS)
+        .map(|task| {
+            let (pool, done, body) = (pool.clone(), done.clone(), body.to_vec());
+            tokio::spawn(async move {
+                let mut n = 0u64;
+                while Instant::now() < deadline {
+                    sqlx::query(sql)
+                        .bind(format!("evt_raw_{with_notify}_{task}_{n}"))
+                        .bind(&body)
+                        .execute(&pool)
+                        .await
+                        .unwrap();
+                    n += 1;
+                    done.fetch_add(1, Ordering::Relaxed);
+                }
+            })
+        })
+        .collect();
+    for task in tasks {
+        task.await.unwrap();
+    }
+    done.load(Ordering::Relaxed) as f64 / started.elapsed().as_secs_f64()
+}
+
+async fn insert_effect(event: Delivery<Event>, tx: Tx) -> HandlerResult {
+    let mut conn = tx.conn().await?;
+    sqlx::query("INSERT INTO effects (delivery_id, event_type) VALUES ($1, $2)")
+        .bind(event.id.as_str())
+        .bind(event.event_type())
+        .execute(&mut *conn)
+        .await?;
+    Ok(())
+}
+
+/// Queues every stored row again (the bench keeps bodies), then times
+/// `workers` workers draining them; deliveries/s.
+async fn drain_with(pool: &PgPool, workers: usize, rows: i64) -> Drain {
+    sqlx::raw_sql(
+        "TRUNCATE effects;
+         UPDATE cariosan_webhooks.inbox SET status = 'queued', outcome = NULL, attempts = 0,
+           recorded_attempts = 0, due_at = now() - interval '1 second', finished_at = NULL;",
+    )
+    .execute(pool)
+    .await
+    .unwrap();
+    let inbox = Inbox::new(pool.clone()).keep_done_bodies(true);
+    let cpu_before = (postgres_ticks(), own_ticks());
+    let started = Instant::now();
+    let handle = inbox
+        .workers(Webhooks::new().on(EventSelector::AllKnown, insert_effect))
+        .concurrency(workers)
+        .poll_interval(Duration::from_millis(5))
+        .start();
+    while count(pool, "SELECT count(*) FROM effects").await < rows {
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+    let took = started.elapsed();
+    let cpu_after = (postgres_ticks(), own_ticks());
+    handle.shutdown(Duration::from_secs(5)).await;
+    assert_eq!(
+        count(
+            pool,
+            "SELECT count(*) FROM cariosan_webhooks.inbox WHERE status = 'done'"
+        )
+        .await,
+        rows
+    );
+    let per_delivery =
+        |before: u64, after: u64| (after - before) as f64 / 100.0 * 1e6 / rows as f64;
+    Drain {
+        rate: rows as f64 / took.as_secs_f64(),
+        postgres_cpu_us: per_delivery(cpu_before.0, cpu_after.0),
+        worker_cpu_us: per_delivery(cpu_before.1, cpu_after.1),
+    }
+}
+
+#[derive(Clone, Copy)]
+struct Drain {
+    rate: f64,
+    /// CPU of every PostgreSQL process, per delivery.
+    postgres_cpu_us: f64,
+    /// CPU of this process (workers and handlers, and the bench's polling).
+    worker_cpu_us: f64,
+}
+
+/// User plus system ticks of a process, from /proc.
+fn ticks(stat: &str) -> u64 {
+    let after_name = &stat[stat.rfind(')').map_or(0, |at| at + 2)..];
+    let fields: Vec<&str> = after_name.split_whitespace().collect();
+    fields[11].parse::<u64>().unwrap_or(0) + fields[12].parse::<u64>().unwrap_or(0)
+}
+
+fn own_ticks() -> u64 {
+    ticks(&std::fs::read_to_string("/proc/self/stat").unwrap())
+}
+
+/// The ticks of every process named `postgres` (the cluster's backends and
+/// its background processes).
+fn postgres_ticks() -> u64 {
+    let mut total = 0;
+    for entry in std::fs::read_dir("/proc").unwrap().flatten() {
+        let Ok(stat) = std::fs::read_to_string(entry.path().join("stat")) else {
+            continue;
+        };
+        if stat.contains("(postgres)") {
+            total += ticks(&stat);
+        }
+    }
+    total
+}
+
+/// Stored row to handler start, 15 times each: stored through the workers'
+/// own `Inbox` (this process), and through another `Inbox` on its own pool
+/// (another replica).
+async fn wake_ups(url: &str) -> (Vec<Duration>, Vec<Duration>) {
+    let connect = || async {
+        PgPoolOptions::new()
+            .max_connections(6)
+            .connect(url)
+            .await
+            .unwrap()
+    };
+    let own = Inbox::new(connect().await);
+    let other = Inbox::new(connect().await);
+    let started_at: Arc<Mutex<Option<Instant>>> = Arc::new(Mutex::new(None));
+    let seen = started_at.clone();
+    let handle = own
+        .workers(Webhooks::new().on_any(move |_| {
+            let seen = seen.clone();
+            async move {
+                *seen.lock().unwrap() = Some(Instant::now());
+                Ok(())
+            }
+        }))
+        .start();
+    tokio::time::sleep(Duration::from_millis(600)).await;
+    let template = support::compact_reply();
+    let mut local = Vec::new();
+    let mut remote = Vec::new();
+    for n in 0..30 {
+        let id = format!("evt_wake_{n}");
+        let body = String::from_utf8(template.clone())
+            .unwrap()
+            .replace(support::REPLY_ID, &id);
+        let delivery = TestDelivery::json(body.clone())
+            .secret(SECRET)
+            .verify()
+            .unwrap();
+        *started_at.lock().unwrap() = None;
+        let via = if n % 2 == 0 { &own } else { &other };
+        let stored = Instant::now();
+        via.ingest(&delivery, body.as_bytes()).await.unwrap();
+        let ran = loop {
+            if let Some(at) = *started_at.lock().unwrap() {
+                break at;
+            }
+            tokio::time::sleep(Duration::from_micros(200)).await;
+        };
+        let waited = ran.saturating_duration_since(stored);
+        if n % 2 == 0 {
+            local.push(waited);
+        } else {
+            remote.push(waited);
+        }
+        // Let the poll's phase drift, so that remote samples spread over it.
+        tokio::time::sleep(Duration::from_millis(37 * (n % 7) as u64)).await;
+    }
+    handle.shutdown(Duration::from_secs(5)).await;
+    (local, remote)
+}
