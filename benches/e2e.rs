@@ -1,8 +1,8 @@
 //! End-to-end load on loopback. Servers, each a process pinned to core 0
 //! (the load generator runs on core 1):
 //! a bare axum handler that reads the body; a naive hand-written receiver
-//! (HMAC with the key set up per request, hex compared as text, typed
-//! parse); the layer over a handler that does nothing (the crate's own
+//! (HMAC with the key set up per request, hex compared as text, a parse
+//! into `serde_json::Value`, as twenty hand-written lines do); the layer over a handler that does nothing (the crate's own
 //! cost); and the `receiver` example as a user deploys it (it also writes a
 //! summary line per delivery), built with default features, with feature
 //! `ring`, and with feature `postgres` against a local PostgreSQL cluster
@@ -75,7 +75,7 @@ fn main() {
         .unwrap();
     let all: [(&str, &dyn Fn(SocketAddr) -> Command); 6] = [
         ("bare axum", &|addr| own_server("--serve-bare", addr)),
-        ("naive verify + parse", &|addr| {
+        ("naive verify + Value parse", &|addr| {
             own_server("--serve-naive", addr)
         }),
         ("layer, no-op handler", &|addr| {
@@ -232,7 +232,7 @@ fn bare() -> axum::Router {
 
 /// What a hand-written receiver does: the HMAC key set up on every
 /// request, the MAC hex-encoded and compared as text, the timestamp checked,
-/// then the typed parse. No idempotency, no budget.
+/// then a parse into `serde_json::Value`. No idempotency, no budget.
 fn naive() -> axum::Router {
     use hmac::{Hmac, Mac};
     axum::Router::new().route(
@@ -266,9 +266,9 @@ fn naive() -> axum::Router {
             if !macs.contains(&expected.as_str()) {
                 return http::StatusCode::UNAUTHORIZED;
             }
-            match cariosan_webhooks::model::Envelope::from_slice(&body) {
-                Ok(envelope) => {
-                    std::hint::black_box(envelope);
+            match serde_json::from_slice::<serde_json::Value>(&body) {
+                Ok(value) => {
+                    std::hint::black_box(value);
                     http::StatusCode::OK
                 }
                 Err(_) => http::StatusCode::BAD_REQUEST,

@@ -32,6 +32,15 @@ fn main() {
         println!("interleaved: run with `cargo bench --bench interleaved`");
         return;
     }
+    #[cfg(target_arch = "x86_64")]
+    let sha_extensions = std::arch::is_x86_feature_detected!("sha");
+    #[cfg(not(target_arch = "x86_64"))]
+    let sha_extensions = false;
+    if sha_extensions {
+        println!("This CPU has SHA extensions: the ratios below are the SHA-NI ones.\n");
+    } else {
+        println!("This CPU has no SHA extensions (or is not x86_64): SHA-256 runs in software, so the ratios below understate what the parse and the bookkeeping cost where SHA-NI is; `--bench instructions` gives CPU-independent counts.\n");
+    }
     let key = support::key();
     let secret = Secret::new(SECRET).unwrap();
     let verifier = Verifier::from_secret(secret.clone()).clock(FixedClock(T));

@@ -59,9 +59,7 @@ impl<'a> SignatureHeader<'a> {
                     }
                     // A malformed v1 beside a well-formed one is skipped: the
                     // grammar only demands at least one well-formed v1.
-                    if val.len() == 2 * MAC_LEN
-                        && hex::decode_to_slice(val, &mut macs[count]).is_ok()
-                    {
+                    if decode_mac(val, &mut macs[count]) {
                         count += 1;
                     }
                 }
@@ -120,6 +118,41 @@ impl PartialEq for SignatureHeader<'_> {
 
 impl Eq for SignatureHeader<'_> {}
 
+/// The value of each hex digit, upper or lower case; 0xff for any other
+/// byte.
+const HEX_VALUES: [u8; 256] = {
+    let mut table = [0xff; 256];
+    let mut at = 0;
+    while at < 10 {
+        table[b'0' as usize + at] = at as u8;
+        at += 1;
+    }
+    let mut at = 0;
+    while at < 6 {
+        table[b'a' as usize + at] = 10 + at as u8;
+        table[b'A' as usize + at] = 10 + at as u8;
+        at += 1;
+    }
+    table
+};
+
+/// Decodes exactly `2 * MAC_LEN` hex digits into `out`; false for any
+/// other length or a non-hex byte. A table per digit and one check at the
+/// end: the `hex` crate's per-digit error path cost about as much again.
+fn decode_mac(text: &[u8], out: &mut [u8; MAC_LEN]) -> bool {
+    if text.len() != 2 * MAC_LEN {
+        return false;
+    }
+    let mut invalid = 0u8;
+    for (byte, pair) in out.iter_mut().zip(text.chunks_exact(2)) {
+        let high = HEX_VALUES[usize::from(pair[0])];
+        let low = HEX_VALUES[usize::from(pair[1])];
+        invalid |= (high | low) & 0xf0;
+        *byte = (high << 4) | (low & 0x0f);
+    }
+    invalid == 0
+}
+
 fn trim(mut s: &[u8]) -> &[u8] {
     while let [b' ' | b'\t', rest @ ..] = s {
         s = rest;
@@ -147,6 +180,33 @@ mod tests {
     use super::*;
 
     const MAC: &str = "c81cbcd8fd9129409ff11e55a9c072e24b98a1eed5bef22c38ac5c251383a9e5";
+
+    #[test]
+    fn the_mac_decoder_agrees_with_the_hex_crate_on_every_byte_at_every_position() {
+        let upper = MAC.to_ascii_uppercase();
+        for text in [MAC, upper.as_str()] {
+            let mut ours = [0u8; MAC_LEN];
+            assert!(decode_mac(text.as_bytes(), &mut ours));
+            assert_eq!(hex::decode(text).unwrap(), ours);
+        }
+        for at in 0..2 * MAC_LEN {
+            for byte in 0..=255u8 {
+                let mut text = MAC.as_bytes().to_vec();
+                text[at] = byte;
+                let mut ours = [0u8; MAC_LEN];
+                let mut theirs = [0u8; MAC_LEN];
+                let valid = hex::decode_to_slice(&text, &mut theirs).is_ok();
+                assert_eq!(decode_mac(&text, &mut ours), valid, "byte {byte} at {at}");
+                if valid {
+                    assert_eq!(ours, theirs);
+                }
+            }
+        }
+        let mut out = [0u8; MAC_LEN];
+        assert!(!decode_mac(&MAC.as_bytes()[1..], &mut out));
+        assert!(!decode_mac(format!("{MAC}0").as_bytes(), &mut out));
+        assert!(!decode_mac(b"", &mut out));
+    }
 
     fn parse(s: &str) -> Result<SignatureHeader<'_>, MalformedSignature> {
         SignatureHeader::parse(s.as_bytes())
