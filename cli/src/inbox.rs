@@ -4,7 +4,7 @@ use std::io::Write;
 use std::process::ExitCode;
 
 use cariosan_webhooks::store::postgres::{
-    sqlx, Inbox, InboxEntry, InboxError, InboxStatus, ListFilter,
+    is_plain_schema, sqlx, Inbox, InboxEntry, InboxError, InboxStatus, ListFilter,
 };
 use time::format_description::well_known::Rfc3339;
 use time::OffsetDateTime;
@@ -154,14 +154,7 @@ impl Target {
         if self.database_url.is_empty() {
             return Err("no database: set DATABASE_URL or pass --database-url".to_owned());
         }
-        let valid_schema = !self.schema.is_empty()
-            && self.schema.len() <= 63
-            && !self.schema.starts_with(|c: char| c.is_ascii_digit())
-            && self
-                .schema
-                .bytes()
-                .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'_');
-        if !valid_schema {
+        if !is_plain_schema(&self.schema) {
             return Err(format!(
                 "--schema {:?} is not a plain lowercase identifier",
                 self.schema

@@ -223,17 +223,23 @@ pub const DEFAULT_SCHEMA: &str = "cariosan_webhooks";
 /// How long a delivery waits for a pool connection by default.
 pub const DEFAULT_ACQUIRE_TIMEOUT: Duration = Duration::from_secs(2);
 
-/// `schema`, if it is a plain lowercase identifier (`[a-z_][a-z0-9_]*`, at
-/// most 63 bytes): it is written into SQL, so nothing else is accepted.
-fn checked_schema(schema: &str) -> Arc<str> {
-    let plain = !schema.is_empty()
+/// Whether `schema` is a plain lowercase identifier (`[a-z_][a-z0-9_]*`, at
+/// most 63 bytes), the only names the `schema(..)` builders accept: the name
+/// is written into SQL. Check a configured name with it to refuse it
+/// without the builder's panic.
+pub fn is_plain_schema(schema: &str) -> bool {
+    !schema.is_empty()
         && schema.len() <= 63
         && !schema.starts_with(|c: char| c.is_ascii_digit())
         && schema
             .bytes()
-            .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'_');
+            .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'_')
+}
+
+/// `schema`, if [`is_plain_schema`].
+fn checked_schema(schema: &str) -> Arc<str> {
     assert!(
-        plain,
+        is_plain_schema(schema),
         "the schema must be a plain lowercase identifier, not {schema:?}"
     );
     schema.into()

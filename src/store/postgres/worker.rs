@@ -47,6 +47,11 @@ const CLAIM_GRACE: Duration = Duration::from_secs(1);
 /// How often a busy worker also looks for rows whose last attempt was lost.
 const SWEEP_EVERY: Duration = Duration::from_secs(10);
 
+/// The error a lost run leaves on its row, as an SQL expression over the
+/// row's `attempts`: the claim and the sweep both write it.
+const LOST_RUN_ERROR: &str = "'attempt ' || row.attempts || ' did not finish: its process died, \
+     its connection to PostgreSQL was lost, or its outcome could not be committed'";
+
 /// The longest error text kept on a row.
 const MAX_ERROR_LEN: usize = 2000;
 
@@ -313,7 +318,7 @@ impl<S: Clone + Send + Sync + 'static> Shared<S> {
             "UPDATE {table} AS row SET attempts = row.attempts + 1, recorded_attempts = row.attempts, \
                due_at = $1 + make_interval(secs => greatest($3, least($5, $4 * power(2, least(row.attempts, 62))))), \
                last_error = CASE WHEN row.attempts > row.recorded_attempts \
-                 THEN 'attempt ' || row.attempts || ' did not finish: its process died, its connection to PostgreSQL was lost, or its outcome could not be committed' \
+                 THEN {LOST_RUN_ERROR} \
                  ELSE row.last_error END \
              FROM (SELECT tenant, delivery_id, attempts, recorded_attempts FROM {table} \
                    WHERE status = 'queued' AND due_at <= $1 AND attempts < $2 \
@@ -354,26 +359,25 @@ impl<S: Clone + Send + Sync + 'static> Shared<S> {
         let inbox = &self.inbox;
         let table = inbox.table();
         let now = inbox.now();
-        let swept: Vec<(String, String, i32)> = sqlx::query_as(&format!(
+        let swept: Vec<(String, String, i32, String)> = sqlx::query_as(&format!(
             "UPDATE {table} AS row SET status = 'dead', outcome = 'lost', recorded_attempts = row.attempts, \
                finished_at = $1, \
-               last_error = 'attempt ' || row.attempts || ' did not finish: its process died, its connection to PostgreSQL was lost, or its outcome could not be committed' \
+               last_error = {LOST_RUN_ERROR} \
              FROM (SELECT tenant, delivery_id FROM {table} \
                    WHERE status = 'queued' AND due_at <= $1 AND attempts >= $2 \
                    ORDER BY due_at LIMIT 100 FOR UPDATE SKIP LOCKED) AS due \
              WHERE row.tenant = due.tenant AND row.delivery_id = due.delivery_id \
-             RETURNING row.delivery_id, row.event_type, row.attempts"
+             RETURNING row.delivery_id, row.event_type, row.attempts, row.last_error"
         ))
         .bind(now)
         .bind(i32::try_from(inbox.config.schedule.attempts()).unwrap_or(i32::MAX))
         .fetch_all(&inbox.pool)
         .await
         .map_err(postgres_error)?;
-        for (id, event_type, attempts) in swept {
+        for (id, event_type, attempts, error) in swept {
             crate::metrics::inbox_run("lost", &event_type);
             crate::metrics::inbox_run("dead", &event_type);
             tracing::error!(delivery_id = %id, attempts, "an inbox delivery is dead: its last attempt did not finish");
-            let error = format!("attempt {attempts} did not finish: its process died, its connection to PostgreSQL was lost, or its outcome could not be committed");
             self.report_dead(&id, &event_type, attempts, error).await;
         }
         Ok(())
