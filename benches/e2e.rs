@@ -61,14 +61,7 @@ fn main() {
     let receiver_postgres = build_receiver(&["--features", "postgres"], "receiver-postgres");
     let database: std::sync::OnceLock<postgres_server::PostgresServer> = std::sync::OnceLock::new();
 
-    // The load generator on core 1, so that the server under test has core 0
-    // to itself. Threads started from here on inherit the affinity.
-    let pinned = Command::new("taskset")
-        .args(["-p", "-c", "1", &std::process::id().to_string()])
-        .stdout(Stdio::null())
-        .status()
-        .is_ok_and(|status| status.success());
-    assert!(pinned, "taskset could not pin the load generator to core 1");
+    support::load::pin_to_core_1();
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()

@@ -36,7 +36,7 @@ mod support;
 #[allow(dead_code)]
 mod postgres_server;
 
-use support::load::{free_port, load, signed_pool, stop, wait_for};
+use support::load::{free_port, load, signed_pool, stat_ticks, stop, wait_for};
 use support::SECRET;
 
 const INGEST_RUN: Duration = Duration::from_secs(5);
@@ -55,12 +55,7 @@ fn main() {
     }
     let database = postgres_server::PostgresServer::start();
     let url = database.url();
-    let pinned = Command::new("taskset")
-        .args(["-p", "-c", "1", &std::process::id().to_string()])
-        .stdout(Stdio::null())
-        .status()
-        .is_ok_and(|status| status.success());
-    assert!(pinned, "taskset could not pin the load generator to core 1");
+    support::load::pin_to_core_1();
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()
@@ -336,15 +331,8 @@ struct Drain {
     worker_cpu_us: f64,
 }
 
-/// User plus system ticks of a process, from /proc.
-fn ticks(stat: &str) -> u64 {
-    let after_name = &stat[stat.rfind(')').map_or(0, |at| at + 2)..];
-    let fields: Vec<&str> = after_name.split_whitespace().collect();
-    fields[11].parse::<u64>().unwrap_or(0) + fields[12].parse::<u64>().unwrap_or(0)
-}
-
 fn own_ticks() -> u64 {
-    ticks(&std::fs::read_to_string("/proc/self/stat").unwrap())
+    stat_ticks(&std::fs::read_to_string("/proc/self/stat").unwrap())
 }
 
 /// The ticks of every process named `postgres` (the cluster's backends and
@@ -356,7 +344,7 @@ fn postgres_ticks() -> u64 {
             continue;
         };
         if stat.contains("(postgres)") {
-            total += ticks(&stat);
+            total += stat_ticks(&stat);
         }
     }
     total

@@ -116,9 +116,24 @@ pub async fn load(
     }
 }
 
+/// Pins this process to core 1, so that a server under test has core 0 to
+/// itself. Threads started from here on inherit the affinity.
+pub fn pin_to_core_1() {
+    let pinned = std::process::Command::new("taskset")
+        .args(["-p", "-c", "1", &std::process::id().to_string()])
+        .stdout(std::process::Stdio::null())
+        .status()
+        .is_ok_and(|status| status.success());
+    assert!(pinned, "taskset could not pin the load generator to core 1");
+}
+
 /// User plus system CPU ticks of a process, from /proc.
 pub fn cpu_ticks(pid: u32) -> u64 {
-    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap();
+    stat_ticks(&std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap())
+}
+
+/// User plus system CPU ticks in a `/proc/<pid>/stat` line.
+pub fn stat_ticks(stat: &str) -> u64 {
     let after_name = &stat[stat.rfind(')').unwrap() + 2..];
     let fields: Vec<&str> = after_name.split_whitespace().collect();
     // utime and stime are fields 14 and 15 of the whole line.
