@@ -75,7 +75,9 @@ impl CariosanWebhookLayer {
 
     /// Both layers with the defaults, for several workspaces: `resolver`
     /// chooses each request's tenant and its secrets. See
-    /// [`TenantResolver`](crate::verification::TenantResolver).
+    /// [`TenantResolver`](crate::verification::TenantResolver) and
+    /// [`VerificationLayer::for_tenants`] for which settings apply to every
+    /// tenant.
     pub fn for_tenants(resolver: impl crate::verification::TenantResolver) -> Self {
         Self::from_layers(
             VerificationLayer::for_tenants(resolver),
@@ -118,6 +120,11 @@ impl CariosanWebhookLayer {
 
     /// Also accepts deliveries signed with `secret`: see
     /// [`VerificationLayer::secret`].
+    ///
+    /// # Panics
+    ///
+    /// If `secret` is empty, and on a layer made by
+    /// [`for_tenants`](Self::for_tenants).
     pub fn secret(self, secret: impl AsRef<[u8]>) -> Self {
         self.verifying(|v| v.secret(secret))
     }
@@ -189,6 +196,11 @@ impl CariosanWebhookLayer {
 
     /// The handle to the verification layer's secrets: see
     /// [`VerificationLayer::secrets`].
+    ///
+    /// # Panics
+    ///
+    /// On a layer made by [`for_tenants`](Self::for_tenants), as
+    /// [`VerificationLayer::secrets`] does.
     pub fn secrets(&self) -> &crate::verify::Secrets {
         self.verification.secrets()
     }

@@ -184,3 +184,14 @@ pub use verify::VerifiedDelivery;
 #[cfg(all(doctest, feature = "axum", feature = "redis", feature = "postgres"))]
 #[doc = include_str!("../README.md")]
 struct ReadmeDoctests;
+
+/// `text`, cut to at most `max` bytes on a character boundary: what a log
+/// line or a stored error keeps of a text of unbounded length.
+#[cfg(feature = "layer")]
+pub(crate) fn truncated(text: &str, max: usize) -> &str {
+    let mut end = text.len().min(max);
+    while !text.is_char_boundary(end) {
+        end -= 1;
+    }
+    &text[..end]
+}

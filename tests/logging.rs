@@ -146,3 +146,46 @@ async fn every_delivery_outcome_is_logged_at_info() {
     assert!(answered[0].contains("outcome=\"handled\""), "{logs}");
     assert!(answered[1].contains("outcome=\"duplicate\""), "{logs}");
 }
+
+#[tokio::test]
+async fn a_tenants_deliveries_carry_its_name_and_an_unknown_tenant_its_path() {
+    use cariosan_webhooks::verification::{Tenant, TenantQuery};
+    use cariosan_webhooks::verify::Verifier;
+
+    let (captured, _guard) = capture(tracing::Level::INFO);
+    let resolve = |query: TenantQuery| async move {
+        Ok::<_, std::io::Error>(
+            (query.last_path_segment() == Some("acme"))
+                .then(|| Tenant::new("acme", Verifier::new(SECRET).unwrap())),
+        )
+    };
+    let app = Router::new().route(
+        "/webhooks/{tenant}",
+        post_service(Webhooks::new().on_any(|_| async { Ok(()) }))
+            .layer(CariosanWebhookLayer::for_tenants(resolve)),
+    );
+    let id = "evt_01JDB7Q3KX2W9V0M4T8R6N5P1A";
+    let body = fixture("events/message.created.json");
+    for (path, status) in [("/webhooks/acme", 200), ("/webhooks/initech", 404)] {
+        let mut request = request(
+            id,
+            "message.created",
+            &independent_signature(SECRET, id, now(), &body),
+            &body,
+        );
+        *request.uri_mut() = path.parse().unwrap();
+        let response = app.clone().oneshot(request).await.unwrap();
+        assert_eq!(response.status(), status, "{path}");
+    }
+    let logs = String::from_utf8(captured.0.lock().unwrap().clone()).unwrap();
+    let answered = logs
+        .lines()
+        .find(|l| l.contains("delivery answered"))
+        .unwrap_or_else(|| panic!("{logs}"));
+    assert!(answered.contains("tenant=\"acme\""), "{answered}");
+    let unknown = logs
+        .lines()
+        .find(|l| l.contains("no tenant for this request"))
+        .unwrap_or_else(|| panic!("{logs}"));
+    assert!(unknown.contains("path=\"/webhooks/initech\""), "{unknown}");
+}

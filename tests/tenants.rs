@@ -12,7 +12,7 @@ use axum::routing::post_service;
 use axum::Router;
 use cariosan_webhooks::model::Event;
 use cariosan_webhooks::verification::{Tenant, TenantQuery};
-use cariosan_webhooks::verify::Verifier;
+use cariosan_webhooks::verify::{FixedClock, Verifier};
 use cariosan_webhooks::{CariosanWebhookLayer, Delivery, Webhooks};
 use common::*;
 
@@ -37,7 +37,18 @@ async fn post(
     id: &str,
     body: &[u8],
 ) -> Reply {
-    let signature = independent_signature(secret, id, now(), body);
+    post_signed_at(addr, path, secret, id, now(), body).await
+}
+
+async fn post_signed_at(
+    addr: std::net::SocketAddr,
+    path: &str,
+    secret: &str,
+    id: &str,
+    signed_at: i64,
+    body: &[u8],
+) -> Reply {
+    let signature = independent_signature(secret, id, signed_at, body);
     let mut request = format!("POST {path} HTTP/1.1\r\nHost: x\r\nConnection: close\r\n");
     for (name, value) in delivery_headers(id, "webhook.ping", &signature) {
         request.push_str(&format!("{name}: {value}\r\n"));
@@ -113,4 +124,98 @@ async fn each_tenant_has_its_secrets_and_its_own_delivery_ids() {
         broken.head
     );
     assert_eq!(runs.load(Ordering::SeqCst), 2);
+}
+
+/// `acme` inherits the layer's settings; `strict` sets a tolerance of its
+/// own (200 s), which wins over the layer's.
+async fn resolve_with_own_tolerance(query: TenantQuery) -> Result<Option<Tenant>, std::io::Error> {
+    Ok(match query.last_path_segment() {
+        Some("acme") => Some(Tenant::new("acme", Verifier::new(ACME).unwrap())),
+        Some("own") => Some(Tenant::new(
+            "own",
+            Verifier::new(GLOBEX)
+                .unwrap()
+                .tolerance(Duration::from_secs(200)),
+        )),
+        _ => None,
+    })
+}
+
+#[tokio::test]
+async fn a_tenant_layers_tolerance_and_clock_apply_to_every_tenant_without_its_own() {
+    let tenants = Arc::new(Mutex::new(Vec::new()));
+    let seen = tenants.clone();
+    let webhooks = Webhooks::new().on_any(move |event: Delivery<Event>| {
+        seen.lock().unwrap().push(event.tenant().map(str::to_owned));
+        async { Ok(()) }
+    });
+    let layer = CariosanWebhookLayer::for_tenants(resolve_with_own_tolerance)
+        .tolerance(Duration::from_secs(10));
+    let app = Router::new().route("/webhooks/{tenant}", post_service(webhooks).layer(layer));
+    let addr = serve(app).await;
+    let body = fixture("events/webhook.ping.json");
+    let id = "evt_01JDB844PINGPINGPINGPIN01";
+
+    let old = post_signed_at(addr, "/webhooks/acme", ACME, id, now() - 100, &body).await;
+    assert_eq!(
+        (old.status, old.body.as_str()),
+        (401, "timestamp_too_old"),
+        "the layer's 10 s tolerance applies to a tenant that sets none"
+    );
+    let fresh = post_signed_at(addr, "/webhooks/acme", ACME, id, now() - 5, &body).await;
+    assert_eq!((fresh.status, fresh.body.as_str()), (200, "handled"));
+    let own = post_signed_at(addr, "/webhooks/own", GLOBEX, id, now() - 100, &body).await;
+    assert_eq!(
+        (own.status, own.body.as_str()),
+        (200, "handled"),
+        "a tenant's own tolerance wins over the layer's"
+    );
+    assert_eq!(
+        *tenants.lock().unwrap(),
+        [Some("acme".to_owned()), Some("own".to_owned())],
+        "handlers read the delivery's tenant"
+    );
+
+    // A clock on the layer is every tenant's "now".
+    let pinned = now() - 86_400;
+    let webhooks = Webhooks::new().on_any(|_: Delivery<Event>| async { Ok(()) });
+    let layer = CariosanWebhookLayer::for_tenants(resolve).clock(FixedClock(pinned));
+    let addr =
+        serve(Router::new().route("/webhooks/{tenant}", post_service(webhooks).layer(layer))).await;
+    let as_of_clock = post_signed_at(addr, "/webhooks/acme", ACME, id, pinned - 60, &body).await;
+    assert_eq!(
+        (as_of_clock.status, as_of_clock.body.as_str()),
+        (200, "handled")
+    );
+    let as_of_now = post(
+        addr,
+        "/webhooks/acme",
+        ACME,
+        "evt_now",
+        &with_id(&body, "evt_now"),
+    )
+    .await;
+    assert_eq!(
+        (as_of_now.status, as_of_now.body.as_str()),
+        (401, "timestamp_too_new"),
+        "signed now, a day after the layer's clock"
+    );
+}
+
+#[test]
+fn a_tenant_layer_refuses_secrets_it_would_never_use() {
+    let secret = std::panic::catch_unwind(|| {
+        CariosanWebhookLayer::for_tenants(resolve).secret("whsec_never_used")
+    });
+    let message = *secret.unwrap_err().downcast::<String>().unwrap();
+    assert!(message.contains("tenant layer"), "{message}");
+    let layer = CariosanWebhookLayer::for_tenants(resolve);
+    assert!(layer.verification().is_for_tenants());
+    assert!(layer.verification().try_secrets().is_none());
+    let secrets = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| layer.secrets().len()));
+    assert!(secrets.is_err(), "secrets() on a tenant layer is refused");
+
+    let single = CariosanWebhookLayer::new(ACME).secret(GLOBEX);
+    assert_eq!(single.secrets().len(), 2);
+    assert!(single.verification().try_secrets().is_some());
 }

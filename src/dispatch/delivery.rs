@@ -38,10 +38,26 @@ pub struct Delivery<T> {
     /// with the write and refuse a write with a smaller one: a run whose
     /// claim was taken over can then not overwrite its successor's work.
     pub generation: Option<u64>,
+    tenant: Option<Arc<str>>,
     data: Arc<T>,
 }
 
 impl<T> Delivery<T> {
+    /// The tenant this delivery came for, when one receiver serves several
+    /// workspaces ([`CariosanWebhookLayer::for_tenants`](crate::CariosanWebhookLayer::for_tenants),
+    /// or an inbox row stored by one); `None` otherwise.
+    pub fn tenant(&self) -> Option<&str> {
+        self.tenant.as_deref()
+    }
+
+    /// This delivery, as if it came for `tenant`: for unit tests of a
+    /// handler that reads [`tenant`](Self::tenant).
+    #[must_use]
+    pub fn with_tenant(mut self, tenant: impl Into<Arc<str>>) -> Self {
+        self.tenant = Some(tenant.into());
+        self
+    }
+
     /// The payload.
     pub fn data(&self) -> &T {
         &self.data
@@ -76,6 +92,7 @@ impl<T: Payload> Delivery<T> {
             attempt,
             signed_at,
             generation: None,
+            tenant: None,
             data: T::from_event(&envelope.event)?,
         })
     }
@@ -87,6 +104,7 @@ impl<T: Payload> Delivery<T> {
     ) -> Option<Self> {
         let mut typed = Self::of(envelope, delivery.attempt(), delivery.signed_at())?;
         typed.generation = generation(resources);
+        typed.tenant = delivery.shared_tenant().cloned();
         Some(typed)
     }
 }
@@ -110,6 +128,7 @@ impl Delivery<MalformedEvent> {
             attempt: delivery.attempt(),
             signed_at: delivery.signed_at(),
             generation: generation(resources),
+            tenant: delivery.shared_tenant().cloned(),
             data: malformed.clone(),
         }
     }

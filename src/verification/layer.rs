@@ -75,8 +75,14 @@ impl VerificationLayer {
     /// A layer for several workspaces: `resolver` chooses each request's
     /// tenant, and its secrets, before the body is read. See
     /// [`TenantResolver`].
+    ///
+    /// [`tolerance`](Self::tolerance) and [`clock`](Self::clock) set on this
+    /// layer apply to every tenant whose [`Verifier`] does not set its own.
+    /// Secrets are per tenant: [`secret`](Self::secret) and
+    /// [`secrets`](Self::secrets) are refused here.
     pub fn for_tenants(resolver: impl TenantResolver) -> Self {
-        // Never used: every request is verified with its tenant's verifier.
+        // Its secret is never used: every request is verified with its
+        // tenant's secrets, and this verifier's tolerance and clock.
         let unused = Verifier::new(crate::store::ClaimToken::random().as_str())
             .expect("a token is never empty");
         let mut layer = Self::from_verifier(unused);
@@ -88,13 +94,30 @@ impl VerificationLayer {
         Arc::make_mut(&mut self.config)
     }
 
+    /// Whether this layer serves several workspaces
+    /// ([`for_tenants`](Self::for_tenants)).
+    pub fn is_for_tenants(&self) -> bool {
+        self.config.tenants.is_some()
+    }
+
+    fn refuse_on_tenant_layer(&self, what: &str) {
+        assert!(
+            !self.is_for_tenants(),
+            "{what} on a tenant layer: each tenant is verified with its own secrets, \
+             so give them to the Tenant's Verifier in the resolver"
+        );
+    }
+
     /// Also accepts deliveries signed with `secret`, for rolling secrets
     /// without downtime.
     ///
     /// # Panics
     ///
-    /// If `secret` is empty, like [`new`](Self::new).
+    /// If `secret` is empty, like [`new`](Self::new), and on a layer made
+    /// by [`for_tenants`](Self::for_tenants), whose secrets are each
+    /// tenant's: a secret here would never be used.
     pub fn secret(mut self, secret: impl AsRef<[u8]>) -> Self {
+        self.refuse_on_tenant_layer("secret()");
         let secret = Secret::new(secret).unwrap_or_else(|e| panic!("{e}"));
         let config = self.config_mut();
         config.verifier = config.verifier.clone().with_secret(secret);
@@ -102,14 +125,16 @@ impl VerificationLayer {
     }
 
     /// How far the signature's timestamp may be from now, either way
-    /// (default 300 s).
+    /// (default 300 s). On a tenant layer, for every tenant whose verifier
+    /// sets none.
     pub fn tolerance(mut self, tolerance: Duration) -> Self {
         let config = self.config_mut();
         config.verifier = config.verifier.clone().tolerance(tolerance);
         self
     }
 
-    /// Where "now" comes from (default: the system clock).
+    /// Where "now" comes from (default: the system clock). On a tenant
+    /// layer, for every tenant whose verifier sets none.
     pub fn clock(mut self, clock: impl Clock) -> Self {
         let config = self.config_mut();
         config.verifier = config.verifier.clone().clock(clock);
@@ -129,7 +154,9 @@ impl VerificationLayer {
         self
     }
 
-    /// The verifier this layer uses.
+    /// The verifier this layer uses. On a tenant layer, the one whose
+    /// tolerance and clock the tenants' verifiers inherit; its secret is
+    /// never used.
     pub fn verifier(&self) -> &Verifier {
         &self.config.verifier
     }
@@ -137,8 +164,21 @@ impl VerificationLayer {
     /// The handle to this layer's secrets, to add, replace and remove them
     /// while it serves. Take it once the layer is configured: a later
     /// [`secret`](Self::secret) gives the layer a new set.
+    ///
+    /// # Panics
+    ///
+    /// On a layer made by [`for_tenants`](Self::for_tenants): its secrets
+    /// are each tenant's, behind the resolver (keep each tenant's
+    /// [`Verifier::secrets`] handle there). See
+    /// [`try_secrets`](Self::try_secrets).
     pub fn secrets(&self) -> &crate::verify::Secrets {
+        self.refuse_on_tenant_layer("secrets()");
         self.config.verifier.secrets()
+    }
+
+    /// The handle to this layer's secrets, or `None` on a tenant layer.
+    pub fn try_secrets(&self) -> Option<&crate::verify::Secrets> {
+        (!self.is_for_tenants()).then(|| self.config.verifier.secrets())
     }
 }
 

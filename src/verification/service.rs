@@ -65,6 +65,7 @@ where
     fn call(&mut self, request: Request<ReqBody>) -> Self::Future {
         let span = tracing::info_span!(
             "cariosan_webhook",
+            tenant = field::Empty,
             delivery_id = field::Empty,
             event_type = field::Empty,
             attempt = field::Empty,
@@ -106,8 +107,18 @@ where
                 headers: parts.headers.clone(),
             };
             let rejection = match tokio::time::timeout_at(deadline, resolver.resolve(query)).await {
-                Ok(Ok(Some(tenant))) => Ok(tenant.into_parts()),
-                Ok(Ok(None)) => Err(Rejection::UnknownTenant),
+                Ok(Ok(Some(tenant))) => {
+                    let (id, verifier) = tenant.into_parts();
+                    Span::current().record("tenant", &*id);
+                    Ok((id, verifier.inheriting(&config.verifier)))
+                }
+                Ok(Ok(None)) => {
+                    tracing::warn!(
+                        path = crate::truncated(parts.uri.path(), 200),
+                        "no tenant for this request's path or headers"
+                    );
+                    Err(Rejection::UnknownTenant)
+                }
                 Ok(Err(error)) => {
                     tracing::error!(%error, "the tenant resolver failed");
                     Err(Rejection::TenantUnavailable)

@@ -359,6 +359,11 @@ impl VerifiedDelivery {
         self.0.tenant.as_deref()
     }
 
+    #[cfg(feature = "layer")]
+    pub(crate) fn shared_tenant(&self) -> Option<&Arc<str>> {
+        self.0.tenant.as_ref()
+    }
+
     /// The delivery id (`X-Cariosan-Delivery`, equal to the envelope's
     /// `id`), the same on every retry: de-duplicate on it.
     pub fn id(&self) -> &EventId {

@@ -236,8 +236,10 @@ impl Verified {
 #[derive(Clone)]
 pub struct Verifier {
     secrets: Secrets,
-    tolerance: Duration,
-    clock: Arc<dyn Clock>,
+    /// `None` until set: the protocol's default, or a tenant layer's.
+    tolerance: Option<Duration>,
+    /// `None` until set: the system clock, or a tenant layer's.
+    clock: Option<Arc<dyn Clock>>,
 }
 
 impl Verifier {
@@ -257,8 +259,8 @@ impl Verifier {
     pub fn from_secrets(secrets: Secrets) -> Self {
         Self {
             secrets,
-            tolerance: DEFAULT_TOLERANCE,
-            clock: Arc::new(SystemClock),
+            tolerance: None,
+            clock: None,
         }
     }
 
@@ -282,15 +284,33 @@ impl Verifier {
     /// a fraction is dropped.
     #[must_use]
     pub fn tolerance(mut self, tolerance: Duration) -> Self {
-        self.tolerance = tolerance;
+        self.tolerance = Some(tolerance);
         self
     }
 
     /// Where "now" comes from.
     #[must_use]
     pub fn clock(mut self, clock: impl Clock) -> Self {
-        self.clock = Arc::new(clock);
+        self.clock = Some(Arc::new(clock));
         self
+    }
+
+    /// This verifier, with the tolerance and the clock of `defaults` where
+    /// it set none of its own: a tenant's verifier under a tenant layer.
+    #[cfg(feature = "layer")]
+    pub(crate) fn inheriting(&self, defaults: &Verifier) -> Verifier {
+        Verifier {
+            secrets: self.secrets.clone(),
+            tolerance: self.tolerance.or(defaults.tolerance),
+            clock: self.clock.clone().or_else(|| defaults.clock.clone()),
+        }
+    }
+
+    fn now(&self) -> i64 {
+        match &self.clock {
+            Some(clock) => clock.now(),
+            None => SystemClock.now(),
+        }
     }
 
     /// The number of secrets held.
@@ -309,7 +329,7 @@ impl Verifier {
         signature_header: &str,
         body: &[u8],
     ) -> Result<Verified, VerifyError> {
-        self.verify_at(self.clock.now(), delivery_id, signature_header, body)
+        self.verify_at(self.now(), delivery_id, signature_header, body)
     }
 
     /// Verifies a delivery as of `now`, in Unix seconds: the signature
@@ -351,7 +371,7 @@ impl Verifier {
     }
 
     fn check_timestamp(&self, now: i64, timestamp: i64) -> Result<(), VerifyError> {
-        let tolerance = i128::from(self.tolerance.as_secs());
+        let tolerance = i128::from(self.tolerance.unwrap_or(DEFAULT_TOLERANCE).as_secs());
         let diff = i128::from(now) - i128::from(timestamp);
         let secs = |d: i128| u64::try_from(d).unwrap_or(u64::MAX);
         if diff > tolerance {
@@ -372,7 +392,7 @@ impl fmt::Debug for Verifier {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("Verifier")
             .field("secrets", &self.secrets.len())
-            .field("tolerance", &self.tolerance)
+            .field("tolerance", &self.tolerance.unwrap_or(DEFAULT_TOLERANCE))
             .finish_non_exhaustive()
     }
 }

@@ -250,6 +250,7 @@ async fn work<S: Clone + Send + Sync + 'static>(shared: Arc<Shared<S>>) {
             Ok(Claim::Run(claimed)) => {
                 let span = tracing::info_span!(
                     "cariosan_webhook",
+                    tenant = (!claimed.tenant.is_empty()).then_some(claimed.tenant.as_str()),
                     delivery_id = %claimed.id,
                     event_type = %claimed.event_type,
                     attempt = claimed.attempt,
@@ -581,7 +582,7 @@ impl<S: Clone + Send + Sync + 'static> Shared<S> {
                 ))
                 .bind(&claimed.tenant)
                 .bind(&claimed.id)
-                .bind(bounded(error))
+                .bind(crate::truncated(error, MAX_ERROR_LEN))
                 .bind(now + *after)
                 .execute(&mut *tx)
                 .await;
@@ -595,7 +596,7 @@ impl<S: Clone + Send + Sync + 'static> Shared<S> {
                 .bind(&claimed.tenant)
                 .bind(&claimed.id)
                 .bind(*outcome)
-                .bind(bounded(error))
+                .bind(crate::truncated(error, MAX_ERROR_LEN))
                 .bind(now)
                 .execute(&mut *tx)
                 .await;
@@ -684,16 +685,4 @@ async fn drop_bodies_of(
     .execute(&mut **tx)
     .await?;
     Ok(())
-}
-
-/// `error`, cut to at most [`MAX_ERROR_LEN`] bytes on a character boundary.
-fn bounded(error: &str) -> &str {
-    if error.len() <= MAX_ERROR_LEN {
-        return error;
-    }
-    let mut cut = MAX_ERROR_LEN;
-    while !error.is_char_boundary(cut) {
-        cut -= 1;
-    }
-    &error[..cut]
 }
