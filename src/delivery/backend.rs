@@ -81,6 +81,23 @@ pub trait DeliveryGuard: Send + Sync + 'static {
         None
     }
 
+    /// A future that completes if the guard stops holding the delivery by
+    /// itself, without a renewal (its database session ended, say): the
+    /// run is then cancelled as if its lease were lost. `None` when that
+    /// cannot happen.
+    fn lost(&self) -> Option<BoxFuture<'static, ()>> {
+        None
+    }
+
+    /// The run was cut off (past `max_run_time`, a shutdown, a lost guard):
+    /// its handlers' future was dropped. Stop what they may have left
+    /// running on the guard's behalf, such as a statement on a database
+    /// server, before [`finish`](Self::finish) frees the delivery with
+    /// [`Finish::Released`].
+    fn cancel(&self) -> BoxFuture<'_, ()> {
+        Box::pin(std::future::ready(()))
+    }
+
     /// Renews the lease: `Ok(false)` when the guard no longer holds the
     /// delivery.
     fn renew(&self) -> BoxFuture<'_, Result<bool, StoreError>> {

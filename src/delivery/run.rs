@@ -86,6 +86,7 @@ where
         tokio::spawn(renew(held.guard.clone(), lease, deadline, lost.clone()).in_current_span());
         lost
     });
+    let lost_by_itself = held.guard.lost();
     let shutdown = lifecycle.shutdown.clone();
     let mut settled = Box::pin(
         async move {
@@ -98,9 +99,21 @@ where
             let started = Instant::now();
             crate::metrics::run_started();
             let guard_lost = async {
-                match &lost {
-                    Some(lost) => lost.cancelled().await,
-                    None => std::future::pending().await,
+                let lease_lost = async {
+                    match &lost {
+                        Some(lost) => lost.cancelled().await,
+                        None => std::future::pending().await,
+                    }
+                };
+                let by_itself = async {
+                    match lost_by_itself {
+                        Some(lost) => lost.await,
+                        None => std::future::pending().await,
+                    }
+                };
+                tokio::select! {
+                    () = lease_lost => {}
+                    () = by_itself => {}
                 }
             };
             let end = tokio::select! {
@@ -135,6 +148,9 @@ where
                 }
                 _ => Finish::Released,
             };
+            if let RunEnd::Cancelled(_) = end {
+                guard.cancel().await;
+            }
             match guard.finish(finish).await {
                 Ok(()) => end,
                 Err(error) if finish == Finish::Released => {

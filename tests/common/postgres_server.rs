@@ -44,7 +44,14 @@ fn is_root() -> bool {
         .unwrap_or(false)
 }
 
+/// Creates the user once per test process: tests that start clusters at
+/// once must not chown to a user another is still creating.
 fn ensure_user() {
+    static CREATED: std::sync::Once = std::sync::Once::new();
+    CREATED.call_once(create_user);
+}
+
+fn create_user() {
     let exists = Command::new("id")
         .arg(USER)
         .stdout(Stdio::null())

@@ -16,11 +16,13 @@ use time::OffsetDateTime;
 use tokio::sync::Notify;
 use tower_service::Service;
 
+use super::monitor::SessionMonitor;
 use super::schedule::{Clock, RetrySchedule, WallClock};
+use super::transaction::{CommitError, RunTx};
 use super::{
-    checked_schema, migrations, postgres_error, DEFAULT_ACQUIRE_TIMEOUT, DEFAULT_SCHEMA, NO_TENANT,
+    checked_retention, checked_schema, checked_wait, migrations, postgres_error,
+    DEFAULT_ACQUIRE_TIMEOUT, DEFAULT_SCHEMA, NO_TENANT,
 };
-use crate::delivery::Rejection;
 use crate::model::Event;
 use crate::response::{answer, BytesBody};
 use crate::store::StoreError;
@@ -58,6 +60,7 @@ pub(super) struct InboxConfig {
     /// Rung by this process's ingest so that its idle workers need not wait
     /// for their next poll.
     pub(super) wake: Arc<Notify>,
+    pub(super) monitor: SessionMonitor,
 }
 
 impl fmt::Debug for Inbox {
@@ -79,7 +82,7 @@ impl Inbox {
     /// [`RetrySchedule`].
     pub fn new(pool: PgPool) -> Self {
         Self {
-            pool,
+            pool: pool.clone(),
             config: Arc::new(InboxConfig {
                 schema: DEFAULT_SCHEMA.into(),
                 tenant: NO_TENANT.into(),
@@ -90,6 +93,7 @@ impl Inbox {
                 dead_retention: DEFAULT_DEAD_RETENTION,
                 acquire_timeout: DEFAULT_ACQUIRE_TIMEOUT,
                 wake: Arc::new(Notify::new()),
+                monitor: SessionMonitor::new(pool.clone()),
             }),
         }
     }
@@ -144,22 +148,52 @@ impl Inbox {
 
     /// How long done rows are kept by [`prune`](Self::prune) (default 3
     /// days): a copy arriving within it is acknowledged as a duplicate.
+    ///
+    /// # Panics
+    ///
+    /// If `retention` is shorter than [`MIN_RETENTION`](super::MIN_RETENTION)
+    /// (48 h) or longer than a year.
     #[must_use]
     pub fn done_retention(self, retention: Duration) -> Self {
+        let retention = checked_retention("done retention", retention, false);
+        self.configure(|config| config.done_retention = retention)
+    }
+
+    /// A done retention shorter than Cariosan's retries, knowingly: a copy
+    /// arriving after its row was pruned is stored and runs again.
+    ///
+    /// # Panics
+    ///
+    /// If `retention` is zero or longer than a year.
+    #[must_use]
+    pub fn done_retention_shorter_than_retries(self, retention: Duration) -> Self {
+        let retention = checked_retention("done retention", retention, true);
         self.configure(|config| config.done_retention = retention)
     }
 
     /// How long dead rows are kept by [`prune`](Self::prune) (default 14
-    /// days).
+    /// days). Like the done retention, it must outlast Cariosan's retries:
+    /// a copy arriving after its dead row was pruned is stored and runs.
+    ///
+    /// # Panics
+    ///
+    /// If `retention` is shorter than [`MIN_RETENTION`](super::MIN_RETENTION)
+    /// (48 h) or longer than a year.
     #[must_use]
     pub fn dead_retention(self, retention: Duration) -> Self {
+        let retention = checked_retention("dead retention", retention, false);
         self.configure(|config| config.dead_retention = retention)
     }
 
     /// How long ingest waits for a pool connection (default 2 s) before it
     /// answers `503 store_unavailable`.
+    ///
+    /// # Panics
+    ///
+    /// If `timeout` is zero or over a day.
     #[must_use]
     pub fn acquire_timeout(self, timeout: Duration) -> Self {
+        let timeout = checked_wait("acquire timeout", timeout);
         self.configure(|config| config.acquire_timeout = timeout)
     }
 
@@ -173,7 +207,7 @@ impl Inbox {
         &self.config.schedule
     }
 
-    /// The session advisory lock [`migrate`](Self::migrate) holds: the same
+    /// The advisory lock key [`migrate`](Self::migrate) holds: the same
     /// as [`PostgresBackend::migration_lock_key`](super::PostgresBackend::migration_lock_key).
     pub fn migration_lock_key(&self) -> i64 {
         migrations::lock_key(&self.config.schema)
@@ -182,9 +216,7 @@ impl Inbox {
     /// Creates or upgrades the crate's tables (the inbox and the
     /// transactional backend's), once, under the migration lock.
     pub async fn migrate(&self) -> Result<(), StoreError> {
-        migrations::run(&self.pool, &self.config.schema)
-            .await
-            .map_err(postgres_error)
+        migrations::run(&self.pool, &self.config.schema, self.config.acquire_timeout).await
     }
 
     /// The ingest service, to put behind a
@@ -206,17 +238,39 @@ impl Inbox {
     }
 
     /// Stores `delivery` unless a row for it exists; whether it was new.
+    ///
+    /// The insert runs in a transaction of its own, answered only once it
+    /// committed; dropped half-way (a client hanging up, the timeout), it
+    /// is rolled back or closed, never left open on a pooled connection.
     pub async fn ingest(
         &self,
         delivery: &VerifiedDelivery,
         body: &[u8],
     ) -> Result<bool, StoreError> {
+        let stored = tokio::time::timeout(self.config.acquire_timeout, self.insert(delivery, body));
+        let inserted = match stored.await {
+            Ok(inserted) => inserted?,
+            Err(_elapsed) => {
+                return Err(StoreError::new(
+                    "PostgreSQL: the inbox insert did not finish within the acquire timeout",
+                ))
+            }
+        };
+        if inserted {
+            self.config.wake.notify_one();
+        }
+        Ok(inserted)
+    }
+
+    async fn insert(&self, delivery: &VerifiedDelivery, body: &[u8]) -> Result<bool, StoreError> {
+        let acquire = self.config.acquire_timeout;
+        let mut tx = RunTx::begin(&self.pool, acquire, Some(acquire)).await?;
         let sql = format!(
             "INSERT INTO {} (tenant, delivery_id, event_type, message_ids, body, signed_at, sender_attempt, due_at) \
              VALUES ($1, $2, $3, $4, $5, $6, $7, $8) ON CONFLICT DO NOTHING",
             self.table()
         );
-        let insert = sqlx::query(&sql)
+        let inserted = sqlx::query(&sql)
             .bind(delivery.tenant().unwrap_or(NO_TENANT))
             .bind(delivery.id().as_str())
             .bind(delivery.event_type())
@@ -224,22 +278,19 @@ impl Inbox {
             .bind(body)
             .bind(delivery.signed_at())
             .bind(delivery.attempt().and_then(|a| i32::try_from(a).ok()))
-            .bind(self.now());
-        let inserted =
-            match tokio::time::timeout(self.config.acquire_timeout, insert.execute(&self.pool))
-                .await
-            {
-                Ok(done) => done.map_err(postgres_error)?.rows_affected() == 1,
-                Err(_elapsed) => {
-                    return Err(StoreError::new(
-                        "PostgreSQL: the inbox insert did not finish within the acquire timeout",
-                    ))
-                }
-            };
-        if inserted {
-            self.config.wake.notify_one();
+            .bind(self.now())
+            .execute(&mut *tx)
+            .await;
+        match inserted {
+            Ok(done) => {
+                tx.commit().await.map_err(CommitError::into_store_error)?;
+                Ok(done.rows_affected() == 1)
+            }
+            Err(error) => {
+                tx.rollback().await;
+                Err(postgres_error(error))
+            }
         }
-        Ok(inserted)
     }
 
     /// Rows of this inbox's tenant, newest first, at most `limit`.
@@ -664,7 +715,7 @@ where
                 return Ok(crate::delivery::not_verified());
             };
             let Ok(body) = body.collect().await.map(|collected| collected.to_bytes()) else {
-                return Ok(crate::verification::Rejection::BodyReadFailed.to_response());
+                return Ok(answer(StatusCode::BAD_REQUEST, "body_read_failed", None));
             };
             Ok(match inbox.ingest(delivery, &body).await {
                 Ok(true) => {
@@ -678,10 +729,11 @@ where
                 Err(error) => {
                     crate::metrics::store_error("inbox_ingest");
                     tracing::error!(%error, "could not store the delivery in the inbox: answering 503");
-                    Rejection::StoreUnavailable {
-                        retry_after: STORE_RETRY_AFTER,
-                    }
-                    .to_response()
+                    answer(
+                        StatusCode::SERVICE_UNAVAILABLE,
+                        "store_unavailable",
+                        Some(STORE_RETRY_AFTER),
+                    )
                 }
             })
         })

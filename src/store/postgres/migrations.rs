@@ -1,9 +1,12 @@
-//! The crate's schema, versioned in a table of its own and applied under a
-//! session advisory lock.
+//! The crate's schema, versioned in a table of its own and applied in one
+//! transaction under an advisory lock.
 
-use sqlx::pool::PoolConnection;
-use sqlx::postgres::{PgPool, Postgres};
-use sqlx::Connection;
+use std::time::Duration;
+
+use sqlx::postgres::{PgConnection, PgPool};
+
+use super::transaction::{CommitError, RunTx};
+use crate::store::StoreError;
 
 /// `(version, description, SQL)`; `{schema}` stands for the schema. Append
 /// only: an applied version never changes.
@@ -60,61 +63,75 @@ pub(super) fn lock_key(schema: &str) -> i64 {
     i64::from_ne_bytes(hash.to_ne_bytes())
 }
 
-pub(super) async fn run(pool: &PgPool, schema: &str) -> Result<(), sqlx::Error> {
-    let mut conn = pool.acquire().await?;
-    sqlx::query("SELECT pg_advisory_lock($1)")
+/// Applies the migrations not applied yet, all in one transaction that
+/// holds the migration lock: replicas starting together migrate once, and
+/// a `migrate` dropped half-way rolls back and frees the lock with it.
+pub(super) async fn run(
+    pool: &PgPool,
+    schema: &str,
+    acquire_timeout: Duration,
+) -> Result<(), StoreError> {
+    let mut tx = RunTx::begin(pool, acquire_timeout, None).await?;
+    match apply(&mut tx, schema).await {
+        Ok(applied) => {
+            tx.commit().await.map_err(CommitError::into_store_error)?;
+            for (version, description) in applied {
+                tracing::info!(
+                    version,
+                    description,
+                    "applied a cariosan-webhooks migration"
+                );
+            }
+            Ok(())
+        }
+        Err(error) => {
+            tx.rollback().await;
+            Err(super::postgres_error(error))
+        }
+    }
+}
+
+/// The versions it applied, with their descriptions.
+async fn apply(
+    conn: &mut PgConnection,
+    schema: &str,
+) -> Result<Vec<(i64, &'static str)>, sqlx::Error> {
+    // `IF NOT EXISTS` says so in a NOTICE on every start but the first.
+    sqlx::query("SET LOCAL client_min_messages = warning")
+        .execute(&mut *conn)
+        .await?;
+    sqlx::query("SELECT pg_catalog.pg_advisory_xact_lock($1)")
         .bind(lock_key(schema))
         .execute(&mut *conn)
         .await?;
-    let migrated = apply(&mut conn, schema).await;
-    let unlocked = sqlx::query("SELECT pg_advisory_unlock($1)")
-        .bind(lock_key(schema))
-        .execute(&mut *conn)
-        .await;
-    if migrated.is_err() || unlocked.is_err() {
-        // A session lock must never go back to the pool: closing the
-        // connection releases it whatever state it is in.
-        let _ = conn.detach().close().await;
-    }
-    migrated.and(unlocked.map(drop))
-}
-
-async fn apply(conn: &mut PoolConnection<Postgres>, schema: &str) -> Result<(), sqlx::Error> {
-    sqlx::raw_sql(&format!(
+    let setup = format!(
         "CREATE SCHEMA IF NOT EXISTS {schema};
          CREATE TABLE IF NOT EXISTS {schema}.schema_migrations (
              version bigint PRIMARY KEY,
              description text NOT NULL,
              applied_at timestamptz NOT NULL DEFAULT now()
          );"
-    ))
-    .execute(&mut **conn)
-    .await?;
+    );
+    sqlx::Executor::execute(&mut *conn, setup.as_str()).await?;
     let applied: Vec<i64> =
         sqlx::query_scalar(&format!("SELECT version FROM {schema}.schema_migrations"))
-            .fetch_all(&mut **conn)
+            .fetch_all(&mut *conn)
             .await?;
-    for (version, description, sql) in MIGRATIONS {
-        if applied.contains(version) {
+    let mut applying = Vec::new();
+    for &(version, description, sql) in MIGRATIONS {
+        if applied.contains(&version) {
             continue;
         }
-        let mut tx = conn.begin().await?;
-        sqlx::raw_sql(&sql.replace("{schema}", schema))
-            .execute(&mut *tx)
-            .await?;
+        let sql = sql.replace("{schema}", schema);
+        sqlx::Executor::execute(&mut *conn, sql.as_str()).await?;
         sqlx::query(&format!(
             "INSERT INTO {schema}.schema_migrations (version, description) VALUES ($1, $2)"
         ))
         .bind(version)
         .bind(description)
-        .execute(&mut *tx)
+        .execute(&mut *conn)
         .await?;
-        tx.commit().await?;
-        tracing::info!(
-            version,
-            description,
-            "applied a cariosan-webhooks migration"
-        );
+        applying.push((version, description));
     }
-    Ok(())
+    Ok(applying)
 }

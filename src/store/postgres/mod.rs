@@ -10,11 +10,13 @@
 //!
 //! # Transactional
 //!
-//! Per delivery, [`PostgresBackend`] opens a transaction on your pool and
-//! takes the delivery's key with `pg_try_advisory_xact_lock`, which never
-//! waits: a copy running elsewhere is answered `503 delivery_in_progress` at
-//! once. A delivery already recorded as handled is `200 duplicate` and runs
-//! nothing. Otherwise the handlers get the transaction as a [`Tx`] argument,
+//! Per delivery, [`PostgresBackend`] opens a `READ COMMITTED` transaction on
+//! your pool (whatever the database's default), reads whether the delivery
+//! was handled, and if not takes its key with `pg_try_advisory_xact_lock`,
+//! which never waits, then reads again. A delivery recorded as handled is
+//! `200 duplicate` and runs nothing, even while other copies are being
+//! checked; a copy running elsewhere is answered `503 delivery_in_progress`
+//! at once. Otherwise the handlers get the transaction as a [`Tx`] argument,
 //! and everything they write through it commits together with the
 //! "handled" record, or not at all:
 //!
@@ -73,10 +75,47 @@
 //! begin to commit. Keep `max_concurrency` below the pool's
 //! `max_connections`, with room for the rest of the application; a delivery
 //! waits at most the [acquire timeout](PostgresBackend::acquire_timeout)
-//! for a connection, then is answered `503 store_unavailable`. A hung
-//! handler holds its transaction until `max_run_time` cancels the run and
-//! rolls it back; PostgreSQL's `idle_in_transaction_session_timeout`, set
-//! above `max_run_time`, is the database's own backstop.
+//! for a connection, then is answered `503 store_unavailable`.
+//!
+//! **Faults.** What each mode does where a database call or a session
+//! fails, in both modes:
+//!
+//! - *A call dropped half-way* (a timeout, a client hanging up, a
+//!   shutdown) never returns a connection to your pool inside a
+//!   transaction: a `BEGIN`, `COMMIT` or `ROLLBACK` cut off is rolled back
+//!   within 0.5 s, or its connection closed. sqlx alone does not promise
+//!   this (its #4393).
+//! - *A handler stuck in a statement or behind a lock* is stopped at
+//!   `max_run_time`, or by a drain past its deadline: the run's statement
+//!   is cancelled on the server (`pg_cancel_backend`, from another
+//!   connection), then the transaction is rolled back within 0.5 s, or the
+//!   session terminated. `statement_timeout` and `lock_timeout` are set to
+//!   `max_run_time` + 1 s as the server's own backstop.
+//! - *A session that ends under a running handler* (`pg_terminate_backend`,
+//!   `idle_in_transaction_session_timeout`, a failover) takes its locks
+//!   with it. One watcher per backend or inbox checks every running run's
+//!   session every 500 ms on a connection of its own and cancels the run
+//!   whose session is gone; when it cannot reach PostgreSQL it cancels the
+//!   runs it could not confirm for 2 s. A run never outlives its session by
+//!   more than [`LOST_SESSION_BOUND`]: in transactional mode a copy that
+//!   arrives sooner can overlap it; in the inbox, a claim that finds a lost
+//!   run defers the row by 3 s, longer than that bound.
+//! - *A client that vanished without a word* (a host crash, a partition)
+//!   leaves its session, and its locks, on the server until TCP keepalive
+//!   ends it (about two hours by default): nothing runs twice meanwhile,
+//!   but the delivery waits. Set `tcp_keepalives_idle`,
+//!   `tcp_keepalives_interval`, `tcp_keepalives_count` and (PostgreSQL 14+)
+//!   `client_connection_check_interval` on the server to end it within a
+//!   minute.
+//! - *A commit whose answer was lost* is logged, counted as
+//!   `store_errors_total{operation="commit_ambiguous"}`, and treated as not
+//!   recorded: the sender is answered 503, and its retry finds the record
+//!   (`200 duplicate`) or runs again.
+//!
+//! Built-in functions in the crate's SQL are schema-qualified
+//! (`pg_catalog.`), so no function on the `search_path` can stand in for
+//! them, and the delivery key includes the schema, so receivers with their
+//! own schemas on one database never block each other.
 //!
 //! **Outside the database** (an e-mail, a call to another API), effects are
 //! at least once: a run whose commit fails ran them anyway. Pass the
@@ -94,10 +133,11 @@
 //! | `inbox (tenant, delivery_id, event_type, message_ids text[], body bytea, signed_at, sender_attempt, received_at, status, outcome, attempts, recorded_attempts, due_at, last_error, finished_at, primary key (tenant, delivery_id))` | the [inbox](#the-inbox): one row per delivery, `status` `queued`, `done` or `dead` |
 //! | indexes `inbox_due` (queued rows by `due_at`), `inbox_finished`, `inbox_message_ids` (GIN) | claims, pruning, and dropping a deleted message's bodies |
 //!
-//! It migrates under a session advisory lock
+//! It migrates in one transaction under an advisory lock
 //! ([`migration_lock_key`](PostgresBackend::migration_lock_key)), so that
-//! replicas starting together migrate once and all start. Both modes apply
-//! the same migrations.
+//! replicas starting together migrate once and all start, and a `migrate`
+//! dropped half-way rolls back and frees the lock. Both modes apply the
+//! same migrations.
 //!
 //! # The inbox
 //!
@@ -198,7 +238,9 @@
 
 mod inbox;
 mod migrations;
+mod monitor;
 mod schedule;
+mod transaction;
 mod transactional;
 mod worker;
 
@@ -211,7 +253,8 @@ pub use inbox::{
     Inbox, InboxEntry, InboxError, InboxService, InboxStatus, ListFilter, Pruned,
     DEFAULT_DEAD_RETENTION, DEFAULT_DONE_RETENTION,
 };
-pub use schedule::{Clock, ManualClock, RetrySchedule, WallClock};
+pub use monitor::LOST_SESSION_BOUND;
+pub use schedule::{Clock, ManualClock, RetrySchedule, WallClock, MAX_RETRY_DELAY};
 pub use transactional::{PostgresBackend, Tx};
 pub use worker::{Stopped, Workers, WorkersHandle, DEFAULT_CONCURRENCY, DEFAULT_POLL_INTERVAL};
 
@@ -236,6 +279,41 @@ pub fn is_plain_schema(schema: &str) -> bool {
             .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'_')
 }
 
+/// The shortest retention of handled records and finished inbox rows the
+/// builders accept: Cariosan retries a delivery for about 47 hours, and a
+/// copy arriving after its record was pruned runs again. The
+/// `..._shorter_than_retries` builders take a shorter one, knowingly.
+pub const MIN_RETENTION: Duration = Duration::from_secs(48 * 60 * 60);
+
+/// The longest timeout or limit the builders accept.
+const MAX_WAIT: Duration = Duration::from_secs(24 * 60 * 60);
+
+/// `retention`, if it is more than zero and at most
+/// [`MAX_RETENTION`](crate::delivery::MAX_RETENTION), and, unless `short`
+/// is allowed, at least [`MIN_RETENTION`].
+fn checked_retention(what: &str, retention: Duration, short: bool) -> Duration {
+    let max = crate::delivery::MAX_RETENTION;
+    assert!(
+        !retention.is_zero() && retention <= max,
+        "the {what} must be more than zero and at most {max:?}, not {retention:?}"
+    );
+    assert!(
+        short || retention >= MIN_RETENTION,
+        "the {what} ({retention:?}) is shorter than Cariosan's retries (about 47 hours): \
+         a late copy would run again; use the `_shorter_than_retries` builder to mean it"
+    );
+    retention
+}
+
+/// `wait`, if it is more than zero and at most a day.
+fn checked_wait(what: &str, wait: Duration) -> Duration {
+    assert!(
+        !wait.is_zero() && wait <= MAX_WAIT,
+        "the {what} must be more than zero and at most {MAX_WAIT:?}, not {wait:?}"
+    );
+    wait
+}
+
 /// `schema`, if [`is_plain_schema`].
 fn checked_schema(schema: &str) -> Arc<str> {
     assert!(
@@ -251,3 +329,40 @@ fn postgres_error(error: sqlx::Error) -> StoreError {
 
 /// The tenant of a key when the receiver serves one workspace.
 const NO_TENANT: &str = "";
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn panics<T: std::fmt::Debug>(f: impl FnOnce() -> T + std::panic::UnwindSafe) -> String {
+        let payload = std::panic::catch_unwind(f).unwrap_err();
+        payload
+            .downcast_ref::<String>()
+            .cloned()
+            .unwrap_or_default()
+    }
+
+    #[test]
+    fn retentions_outlast_the_senders_retries_unless_asked_not_to() {
+        let day = Duration::from_secs(24 * 3600);
+        assert_eq!(checked_retention("retention", 3 * day, false), 3 * day);
+        assert!(panics(|| checked_retention("retention", day, false))
+            .contains("shorter than Cariosan's retries"));
+        assert_eq!(checked_retention("retention", day, true), day);
+        for wrong in [Duration::ZERO, Duration::MAX, 367 * day] {
+            for short in [false, true] {
+                assert!(
+                    panics(move || checked_retention("retention", wrong, short))
+                        .contains("at most"),
+                    "{wrong:?}"
+                );
+            }
+        }
+        assert!(panics(|| checked_wait("acquire timeout", Duration::MAX)).contains("at most"));
+        assert!(
+            panics(|| checked_wait("acquire timeout", Duration::ZERO)).contains("more than zero")
+        );
+        assert!(panics(|| RetrySchedule::new().cap(Duration::MAX)).contains("at most"));
+        assert!(panics(|| RetrySchedule::new().first_delay(Duration::MAX)).contains("at most"));
+    }
+}

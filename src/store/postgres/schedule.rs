@@ -61,6 +61,9 @@ impl Clock for ManualClock {
     }
 }
 
+/// The longest first delay or cap a [`RetrySchedule`] accepts.
+pub const MAX_RETRY_DELAY: Duration = Duration::from_secs(7 * 24 * 60 * 60);
+
 /// How the inbox retries a delivery whose run failed: exponential backoff
 /// with jitter, up to a number of attempts, after which the delivery is
 /// dead.
@@ -99,16 +102,32 @@ impl RetrySchedule {
     }
 
     /// The wait after the first failed attempt (default 10 s).
+    ///
+    /// # Panics
+    ///
+    /// If `first` is over [`MAX_RETRY_DELAY`].
     #[must_use]
     pub fn first_delay(mut self, first: Duration) -> Self {
+        assert!(
+            first <= MAX_RETRY_DELAY,
+            "the first delay must be at most {MAX_RETRY_DELAY:?}, not {first:?}"
+        );
         self.first = first;
         self
     }
 
     /// The longest wait between attempts (default 1 h). It bounds a
     /// handler's `retry_later(after)` as well.
+    ///
+    /// # Panics
+    ///
+    /// If `cap` is over [`MAX_RETRY_DELAY`].
     #[must_use]
     pub fn cap(mut self, cap: Duration) -> Self {
+        assert!(
+            cap <= MAX_RETRY_DELAY,
+            "the cap must be at most {MAX_RETRY_DELAY:?}, not {cap:?}"
+        );
         self.cap = cap;
         self
     }

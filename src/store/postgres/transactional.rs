@@ -5,12 +5,14 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use futures_util::future::BoxFuture;
-use sqlx::postgres::{PgConnection, PgPool, Postgres};
-use sqlx::Transaction;
+use sqlx::postgres::{PgConnection, PgPool};
 use tokio::sync::{MappedMutexGuard, Mutex, MutexGuard};
 
+use super::monitor::{SessionMonitor, Watch};
+use super::transaction::{CommitError, RunTx};
 use super::{
-    checked_schema, migrations, postgres_error, DEFAULT_ACQUIRE_TIMEOUT, DEFAULT_SCHEMA, NO_TENANT,
+    checked_retention, checked_schema, checked_wait, migrations, postgres_error,
+    DEFAULT_ACQUIRE_TIMEOUT, DEFAULT_SCHEMA, NO_TENANT,
 };
 use crate::delivery::{Begin, DeliveryBackend, DeliveryGuard, Finish, DEFAULT_RETENTION};
 use crate::dispatch::{DeliveryContext, FromDelivery, HandlerError};
@@ -27,6 +29,7 @@ pub struct PostgresBackend {
     schema: Arc<str>,
     retention: Duration,
     acquire_timeout: Duration,
+    monitor: SessionMonitor,
 }
 
 impl std::fmt::Debug for PostgresBackend {
@@ -43,6 +46,7 @@ impl PostgresBackend {
     /// A backend on your pool, in the default schema.
     pub fn new(pool: PgPool) -> Self {
         Self {
+            monitor: SessionMonitor::new(pool.clone()),
             pool,
             schema: DEFAULT_SCHEMA.into(),
             retention: DEFAULT_RETENTION,
@@ -64,17 +68,38 @@ impl PostgresBackend {
 
     /// How long handled records are kept by [`prune`](Self::prune)
     /// (default 3 days, longer than Cariosan retries).
+    ///
+    /// # Panics
+    ///
+    /// If `retention` is shorter than [`MIN_RETENTION`](super::MIN_RETENTION)
+    /// (48 h) or longer than a year: configuration errors.
     #[must_use]
     pub fn retention(mut self, retention: Duration) -> Self {
-        self.retention = retention;
+        self.retention = checked_retention("retention", retention, false);
+        self
+    }
+
+    /// A retention shorter than Cariosan's retries, knowingly: a copy that
+    /// arrives after its record was pruned runs its handlers again.
+    ///
+    /// # Panics
+    ///
+    /// If `retention` is zero or longer than a year.
+    #[must_use]
+    pub fn retention_shorter_than_retries(mut self, retention: Duration) -> Self {
+        self.retention = checked_retention("retention", retention, true);
         self
     }
 
     /// How long a delivery waits for a pool connection (default 2 s)
     /// before it is answered `503 store_unavailable`.
+    ///
+    /// # Panics
+    ///
+    /// If `timeout` is zero or over a day.
     #[must_use]
     pub fn acquire_timeout(mut self, timeout: Duration) -> Self {
-        self.acquire_timeout = timeout;
+        self.acquire_timeout = checked_wait("acquire timeout", timeout);
         self
     }
 
@@ -83,9 +108,10 @@ impl PostgresBackend {
         &self.pool
     }
 
-    /// The session advisory lock [`migrate`](Self::migrate) holds while it
-    /// migrates: take the same one around your own start-up DDL, so that
-    /// replicas starting together do it once.
+    /// The advisory lock key [`migrate`](Self::migrate) holds, for its
+    /// transaction, while it migrates: take the same key (a session or a
+    /// transaction lock; they exclude each other) around your own start-up
+    /// DDL, so that replicas starting together do it once.
     pub fn migration_lock_key(&self) -> i64 {
         migrations::lock_key(&self.schema)
     }
@@ -93,16 +119,14 @@ impl PostgresBackend {
     /// Creates or upgrades the crate's tables, once, under the migration
     /// lock. Call it at start-up; nothing is created otherwise.
     pub async fn migrate(&self) -> Result<(), StoreError> {
-        migrations::run(&self.pool, &self.schema)
-            .await
-            .map_err(postgres_error)
+        migrations::run(&self.pool, &self.schema, self.acquire_timeout).await
     }
 
     /// Deletes handled records older than the retention; returns how many.
     /// Call it now and then (the `receiver` example does, hourly).
     pub async fn prune(&self) -> Result<u64, StoreError> {
         let sql = format!(
-            "DELETE FROM {}.handled_deliveries WHERE handled_at < now() - make_interval(secs => $1)",
+            "DELETE FROM {}.handled_deliveries WHERE handled_at < pg_catalog.now() - pg_catalog.make_interval(secs => $1)",
             self.schema
         );
         sqlx::query(&sql)
@@ -118,54 +142,71 @@ impl DeliveryBackend for PostgresBackend {
     fn begin<'a>(
         &'a self,
         delivery: &'a VerifiedDelivery,
-        _max_run_time: Duration,
+        max_run_time: Duration,
     ) -> BoxFuture<'a, Result<Begin, StoreError>> {
         Box::pin(async move {
-            let mut tx = match tokio::time::timeout(self.acquire_timeout, self.pool.begin()).await {
-                Ok(result) => result.map_err(postgres_error)?,
-                Err(_elapsed) => {
-                    return Err(StoreError::new(
-                        "PostgreSQL: no pool connection within the acquire timeout",
-                    ))
-                }
-            };
+            let mut tx = RunTx::begin(&self.pool, self.acquire_timeout, Some(max_run_time)).await?;
+            let tenant = delivery.tenant().unwrap_or(NO_TENANT);
             let id = delivery.id().as_str();
-            // Never waits: a copy holding the key makes this false at once.
-            let locked: bool = sqlx::query_scalar(
-                "SELECT pg_try_advisory_xact_lock(hashtextextended($1 || chr(31) || $2, 0))",
-            )
-            .bind(delivery.tenant().unwrap_or(NO_TENANT))
+            let handled_sql = format!(
+                "SELECT EXISTS (SELECT 1 FROM {}.handled_deliveries WHERE tenant = $2 AND delivery_id = $3)",
+                self.schema
+            );
+            // A handled record is read before the lock is tried, so that a
+            // copy of a handled delivery never meets a copy holding the
+            // lock for its own check; neither step ever waits.
+            let (handled, locked): (bool, Option<bool>) = sqlx::query_as(&format!(
+                "SELECT seen.handled, CASE WHEN seen.handled THEN NULL ELSE {ADVISORY_LOCK} END \
+                 FROM ({handled_sql}) AS seen (handled)"
+            ))
+            .bind(&*self.schema)
+            .bind(tenant)
             .bind(id)
             .fetch_one(&mut *tx)
             .await
             .map_err(postgres_error)?;
-            if !locked {
-                return Ok(Begin::InProgress { remaining: None });
-            }
-            let handled: Option<String> = sqlx::query_scalar(&format!(
-                "SELECT outcome FROM {}.handled_deliveries WHERE tenant = $1 AND delivery_id = $2",
-                self.schema
-            ))
-            .bind(delivery.tenant().unwrap_or(NO_TENANT))
-            .bind(id)
-            .fetch_optional(&mut *tx)
-            .await
-            .map_err(postgres_error)?;
-            if handled.is_some() {
-                return Ok(Begin::Duplicate);
-            }
-            Ok(Begin::Started(Arc::new(TransactionGuard {
-                tx: Tx::new(tx),
-                schema: self.schema.clone(),
-                delivery: delivery.clone(),
-            })))
+            let begun = match (handled, locked) {
+                (true, _) => Begin::Duplicate,
+                (false, Some(true)) => {
+                    // Read again under the lock: under READ COMMITTED this
+                    // statement sees a copy that committed since the first.
+                    let handled: bool = sqlx::query_scalar(&handled_sql)
+                        .bind(&*self.schema)
+                        .bind(tenant)
+                        .bind(id)
+                        .fetch_one(&mut *tx)
+                        .await
+                        .map_err(postgres_error)?;
+                    if !handled {
+                        let watch = tx.pid().map(|pid| self.monitor.watch(pid));
+                        return Ok(Begin::Started(Arc::new(TransactionGuard {
+                            tx: Tx::new(tx),
+                            watch,
+                            schema: self.schema.clone(),
+                            delivery: delivery.clone(),
+                        })));
+                    }
+                    Begin::Duplicate
+                }
+                (false, _) => Begin::InProgress { remaining: None },
+            };
+            tx.rollback().await;
+            Ok(begun)
         })
     }
 }
 
+/// The delivery's advisory key, over `$1` (the schema), `$2` (the tenant)
+/// and `$3` (the delivery id): receivers with their own schemas on one
+/// database never block each other. Built-ins are schema-qualified, so
+/// that no function on the `search_path` can stand in for them.
+const ADVISORY_LOCK: &str = "pg_catalog.pg_try_advisory_xact_lock(pg_catalog.hashtextextended(\
+     $1 || pg_catalog.chr(31) || $2 || pg_catalog.chr(31) || $3, 0))";
+
 /// The delivery's open transaction, held by its run.
 struct TransactionGuard {
     tx: Tx,
+    watch: Option<Watch>,
     schema: Arc<str>,
     delivery: VerifiedDelivery,
 }
@@ -173,6 +214,19 @@ struct TransactionGuard {
 impl DeliveryGuard for TransactionGuard {
     fn provide(&self, resources: &mut http::Extensions) {
         resources.insert(self.tx.clone());
+    }
+
+    fn lost(&self) -> Option<BoxFuture<'static, ()>> {
+        let lost = self.watch.as_ref()?.lost().clone();
+        Some(Box::pin(lost.cancelled_owned()))
+    }
+
+    fn cancel(&self) -> BoxFuture<'_, ()> {
+        Box::pin(async move {
+            if let Some(tx) = self.tx.0.lock().await.as_ref() {
+                tx.cancel_statement().await;
+            }
+        })
     }
 
     fn finish(&self, finish: Finish) -> BoxFuture<'_, Result<(), StoreError>> {
@@ -186,13 +240,11 @@ impl DeliveryGuard for TransactionGuard {
                 Finish::Handled => "handled",
                 Finish::GivenUp => "given_up",
                 _ => {
-                    // Best effort: a rollback that fails leaves the
-                    // connection to be closed, which aborts it as well.
-                    let _ = tx.rollback().await;
+                    tx.rollback().await;
                     return Ok(());
                 }
             };
-            sqlx::query(&format!(
+            let recorded = sqlx::query(&format!(
                 "INSERT INTO {}.handled_deliveries (tenant, delivery_id, event_type, outcome, attempt) \
                  VALUES ($1, $2, $3, $4, $5)",
                 self.schema
@@ -203,9 +255,12 @@ impl DeliveryGuard for TransactionGuard {
             .bind(outcome)
             .bind(self.delivery.attempt().and_then(|a| i32::try_from(a).ok()))
             .execute(&mut *tx)
-            .await
-            .map_err(postgres_error)?;
-            tx.commit().await.map_err(postgres_error)
+            .await;
+            if let Err(error) = recorded {
+                tx.rollback().await;
+                return Err(postgres_error(error));
+            }
+            tx.commit().await.map_err(CommitError::into_store_error)
         })
     }
 }
@@ -217,7 +272,7 @@ impl DeliveryGuard for TransactionGuard {
 /// Never run `COMMIT` or `ROLLBACK` on it yourself: the delivery does that
 /// with its outcome. After the delivery finished, `conn` is an error.
 #[derive(Clone)]
-pub struct Tx(Arc<Mutex<Option<Transaction<'static, Postgres>>>>);
+pub struct Tx(Arc<Mutex<Option<RunTx>>>);
 
 impl std::fmt::Debug for Tx {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
@@ -226,12 +281,12 @@ impl std::fmt::Debug for Tx {
 }
 
 impl Tx {
-    pub(super) fn new(tx: Transaction<'static, Postgres>) -> Self {
+    pub(super) fn new(tx: RunTx) -> Self {
         Self(Arc::new(Mutex::new(Some(tx))))
     }
 
     /// The transaction back from the handlers: `conn` fails from now on.
-    pub(super) async fn take(&self) -> Option<Transaction<'static, Postgres>> {
+    pub(super) async fn take(&self) -> Option<RunTx> {
         self.0.lock().await.take()
     }
 

@@ -14,15 +14,15 @@ use std::time::Duration;
 
 use futures_util::FutureExt;
 use http::Extensions;
-use sqlx::postgres::Postgres;
-use sqlx::Transaction;
 use time::OffsetDateTime;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 use tracing::Instrument;
 
 use super::inbox::{message_ids, Inbox};
+use super::monitor::LOST_SESSION_BOUND;
 use super::postgres_error;
+use super::transaction::{CommitError, RunTx};
 use super::transactional::Tx;
 use crate::delivery::{Generation, DEFAULT_MAX_RUN_TIME};
 use crate::dispatch::{GivenUp, HandlerError, Outcome, Webhooks};
@@ -43,6 +43,13 @@ pub const DEFAULT_POLL_INTERVAL: Duration = Duration::from_millis(500);
 /// run. A run lost (its process died) is due again after its retry delay,
 /// or this, whichever is longer.
 const CLAIM_GRACE: Duration = Duration::from_secs(1);
+
+/// How long a row whose last attempt was lost waits before it runs again:
+/// longer than a live process takes to cancel a run whose PostgreSQL
+/// session ended ([`LOST_SESSION_BOUND`]), so that two runs of a delivery
+/// never overlap.
+const LOST_RUN_GRACE: Duration = Duration::from_secs(3);
+const _: () = assert!(LOST_RUN_GRACE.as_millis() > LOST_SESSION_BOUND.as_millis());
 
 /// How often a busy worker also looks for rows whose last attempt was lost.
 const SWEEP_EVERY: Duration = Duration::from_secs(10);
@@ -218,6 +225,8 @@ struct Shared<S> {
 enum Claim {
     /// A row to run.
     Run(Claimed),
+    /// A row's lost attempt was recorded; it is due again later.
+    LostRecorded,
     /// Nothing due.
     Empty,
 }
@@ -239,6 +248,9 @@ async fn work<S: Clone + Send + Sync + 'static>(shared: Arc<Shared<S>>) {
             return;
         }
         let claimed = shared.claim().await;
+        if matches!(claimed, Ok(Claim::LostRecorded)) {
+            continue;
+        }
         if !matches!(claimed, Ok(Claim::Run(_))) || swept.elapsed() >= SWEEP_EVERY {
             swept = tokio::time::Instant::now();
             if let Err(error) = shared.sweep().await {
@@ -263,7 +275,7 @@ async fn work<S: Clone + Send + Sync + 'static>(shared: Arc<Shared<S>>) {
                 }
                 continue;
             }
-            Ok(Claim::Empty) => {}
+            Ok(Claim::Empty | Claim::LostRecorded) => {}
             Err(error) => {
                 crate::metrics::store_error("inbox_claim");
                 tracing::warn!(%error, "could not claim from the inbox; trying again");
@@ -287,6 +299,8 @@ enum Ran {
     Outcome(Outcome),
     TimedOut,
     Cancelled,
+    /// Its PostgreSQL session ended under it.
+    SessionLost,
 }
 
 /// What the row becomes.
@@ -310,29 +324,36 @@ impl<S: Clone + Send + Sync + 'static> Shared<S> {
     /// attempt's retry would be due (without jitter, and at least
     /// [`CLAIM_GRACE`] away): if the run is lost, that is when it runs
     /// again. Rows whose every attempt was used are left to [`Self::sweep`].
+    ///
+    /// A due row whose last attempt never recorded an outcome is not run:
+    /// that attempt is recorded as lost and the row deferred by
+    /// [`LOST_RUN_GRACE`], so that a run still going in a live process
+    /// whose session ended is cancelled by its session watcher first.
     async fn claim(&self) -> Result<Claim, StoreError> {
         let inbox = &self.inbox;
         let table = inbox.table();
         let schedule = &inbox.config.schedule;
         let (first, cap) = schedule.backoff_bounds();
         let row: Option<ClaimedRow> = sqlx::query_as(&format!(
-            "UPDATE {table} AS row SET attempts = row.attempts + 1, recorded_attempts = row.attempts, \
-               due_at = $1 + make_interval(secs => greatest($3, least($5, $4 * power(2, least(row.attempts, 62))))), \
-               last_error = CASE WHEN row.attempts > row.recorded_attempts \
-                 THEN {LOST_RUN_ERROR} \
-                 ELSE row.last_error END \
-             FROM (SELECT tenant, delivery_id, attempts, recorded_attempts FROM {table} \
+            "UPDATE {table} AS row SET \
+               attempts = row.attempts + CASE WHEN due.lost THEN 0 ELSE 1 END, \
+               recorded_attempts = row.attempts, \
+               due_at = $1 + pg_catalog.make_interval(secs => CASE WHEN due.lost THEN $6 \
+                 ELSE greatest($3, least($5, $4 * pg_catalog.power(2, least(row.attempts, 62)))) END), \
+               last_error = CASE WHEN due.lost THEN {LOST_RUN_ERROR} ELSE row.last_error END \
+             FROM (SELECT tenant, delivery_id, attempts > recorded_attempts AS lost FROM {table} \
                    WHERE status = 'queued' AND due_at <= $1 AND attempts < $2 \
                    ORDER BY due_at LIMIT 1 FOR UPDATE SKIP LOCKED) AS due \
              WHERE row.tenant = due.tenant AND row.delivery_id = due.delivery_id \
-             RETURNING row.tenant, row.delivery_id, row.event_type, row.attempts, \
-               due.attempts > due.recorded_attempts, row.body, row.signed_at"
+             RETURNING row.tenant, row.delivery_id, row.event_type, row.attempts, due.lost, \
+               CASE WHEN due.lost THEN NULL ELSE row.body END, row.signed_at"
         ))
         .bind(inbox.now())
         .bind(i32::try_from(schedule.attempts()).unwrap_or(i32::MAX))
         .bind(CLAIM_GRACE.as_secs_f64())
         .bind(first.as_secs_f64())
         .bind(cap.as_secs_f64())
+        .bind(LOST_RUN_GRACE.as_secs_f64())
         .fetch_optional(&inbox.pool)
         .await
         .map_err(postgres_error)?;
@@ -341,7 +362,8 @@ impl<S: Clone + Send + Sync + 'static> Shared<S> {
         };
         if lost {
             crate::metrics::inbox_run("lost", &event_type);
-            tracing::warn!(delivery_id = %id, attempt = attempt - 1, "an inbox run did not finish: its process died, or its transaction was lost");
+            tracing::warn!(delivery_id = %id, attempt, retry_in = ?LOST_RUN_GRACE, "an inbox run did not finish: its process died, or its transaction was lost");
+            return Ok(Claim::LostRecorded);
         }
         Ok(Claim::Run(Claimed {
             tenant,
@@ -402,7 +424,13 @@ impl<S: Clone + Send + Sync + 'static> Shared<S> {
     async fn run(&self, claimed: &Claimed) {
         let inbox = &self.inbox;
         let table = inbox.table();
-        let mut tx = match inbox.pool.begin().await {
+        let begun = RunTx::begin(
+            &inbox.pool,
+            inbox.config.acquire_timeout,
+            Some(self.max_run_time),
+        )
+        .await;
+        let mut tx = match begun {
             Ok(tx) => tx,
             Err(error) => {
                 crate::metrics::store_error("inbox_claim");
@@ -459,6 +487,13 @@ impl<S: Clone + Send + Sync + 'static> Shared<S> {
             tracing::warn!(error = %postgres_error(error), "could not start the run");
             return;
         }
+        let watch = tx.pid().map(|pid| inbox.config.monitor.watch(pid));
+        let session_lost = async {
+            match &watch {
+                Some(watch) => watch.lost().cancelled().await,
+                None => std::future::pending().await,
+            }
+        };
         let handle = Tx::new(tx);
         let mut resources = Extensions::new();
         resources.insert(handle.clone());
@@ -471,12 +506,35 @@ impl<S: Clone + Send + Sync + 'static> Shared<S> {
                 outcome.map_or(Ran::TimedOut, Ran::Outcome)
             }
             () = self.cancel.cancelled() => Ran::Cancelled,
+            () = session_lost => Ran::SessionLost,
         };
         crate::metrics::run_finished(&claimed.event_type, started.elapsed());
         drop(resources);
         let Some(mut tx) = handle.take().await else {
             return;
         };
+        if matches!(ran, Ran::SessionLost) {
+            // Its locks went with the session: the row is claimable again,
+            // and its next claim records this attempt as lost.
+            crate::metrics::run_cancelled("session_lost");
+            tracing::error!("an inbox run's PostgreSQL session ended: its handlers were cancelled");
+            return;
+        }
+        let cut_off = matches!(ran, Ran::TimedOut | Ran::Cancelled);
+        if cut_off {
+            // A statement of the dropped handlers may still run on the
+            // server, holding its locks: cancel it before rolling back.
+            tx.cancel_statement().await;
+            if !tx
+                .execute_after_cancel("ROLLBACK TO SAVEPOINT cariosan_handlers")
+                .await
+            {
+                crate::metrics::store_error("inbox_finish");
+                tracing::error!("could not roll a cancelled run back; its transaction is abandoned and the attempt will show as lost");
+                tx.cancel_and_rollback().await;
+                return;
+            }
+        }
         let schedule = &inbox.config.schedule;
         let record = match ran {
             Ran::Outcome(Outcome::Handled) => Record::Done("handled"),
@@ -508,13 +566,15 @@ impl<S: Clone + Send + Sync + 'static> Shared<S> {
                     ),
                 }
             }
+            Ran::SessionLost => return,
             Ran::Cancelled => {
                 crate::metrics::run_cancelled("shutdown");
                 self.cancelled.fetch_add(1, Ordering::SeqCst);
                 Record::Again
             }
         };
-        if !matches!(record, Record::Done(_)) {
+        // A cut-off run was rolled back to the savepoint above.
+        if !cut_off && !matches!(record, Record::Done(_)) {
             if let Err(error) = sqlx::query("ROLLBACK TO SAVEPOINT cariosan_handlers")
                 .execute(&mut *tx)
                 .await
@@ -534,7 +594,7 @@ impl<S: Clone + Send + Sync + 'static> Shared<S> {
     /// with the handlers' effects when they succeeded.
     async fn record(
         &self,
-        mut tx: Transaction<'static, Postgres>,
+        mut tx: RunTx,
         claimed: &Claimed,
         record: Record,
         deleted_message: Option<&str>,
@@ -616,12 +676,15 @@ impl<S: Clone + Send + Sync + 'static> Shared<S> {
             }
         };
         let committed = match result {
-            Ok(()) => tx.commit().await,
-            Err(error) => Err(error),
+            Ok(()) => tx.commit().await.map_err(CommitError::into_store_error),
+            Err(error) => {
+                tx.rollback().await;
+                Err(postgres_error(error))
+            }
         };
         if let Err(error) = committed {
             crate::metrics::store_error("inbox_finish");
-            tracing::error!(error = %postgres_error(error), "could not record the run's outcome: its effects are rolled back and it runs again after its backoff");
+            tracing::error!(%error, "could not record the run's outcome: its effects are rolled back and it runs again after its backoff");
             return;
         }
         match record {
@@ -654,7 +717,7 @@ impl<S: Clone + Send + Sync + 'static> Shared<S> {
 /// message itself (an edit still retrying, say) are superseded. Rows running
 /// now are skipped: they drop their body as they finish, if they succeed.
 async fn drop_bodies_of(
-    tx: &mut Transaction<'static, Postgres>,
+    tx: &mut RunTx,
     table: &str,
     tenant: &str,
     deleting: &str,
