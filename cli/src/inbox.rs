@@ -135,7 +135,14 @@ impl InboxCommand {
             },
             Action::Replay { id: None, .. } => {
                 let replayed = inbox.replay_dead().await.map_err(store)?;
-                let _ = writeln!(out, "queued {replayed} dead deliveries again");
+                let _ = writeln!(out, "queued {} dead deliveries again", replayed.queued);
+                if replayed.without_body > 0 {
+                    let _ = writeln!(
+                        out,
+                        "left {} dead deliveries whose body is gone (purged, or dropped with a deleted message): they cannot run",
+                        replayed.without_body
+                    );
+                }
             }
             Action::Purge { id } => {
                 if inbox.purge(&id).await.map_err(store)? {

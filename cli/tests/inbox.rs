@@ -185,8 +185,9 @@ async fn replay_dead_and_purge() {
     let replayed = inbox_cli(&url, &["replay", "--dead"]).await;
     assert_eq!(
         text(&replayed.stdout).trim(),
-        "queued 1 dead deliveries again",
-        "only the one with a body: {}",
+        "queued 1 dead deliveries again\n\
+         left 1 dead deliveries whose body is gone (purged, or dropped with a deleted message): they cannot run",
+        "only the one with a body, and the purged one said: {}",
         text(&replayed.stderr)
     );
     assert_eq!(

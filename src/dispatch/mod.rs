@@ -448,7 +448,9 @@ impl<S: Clone + Send + Sync + 'static> Webhooks<S> {
                 .await
             }
             (None, _) => {
-                tracing::error!("no on_malformed handler: answering 500 so the sender retries");
+                tracing::error!(
+                    "no on_malformed handler: the delivery is not handled and will be retried"
+                );
                 return Outcome::Malformed;
             }
         };
@@ -467,11 +469,11 @@ impl<S: Clone + Send + Sync + 'static> Webhooks<S> {
                 match AssertUnwindSafe(hook(given_up)).catch_unwind().await {
                     Ok(Ok(())) => Outcome::GivenUp(error),
                     Ok(Err(hook_error)) => {
-                        tracing::error!(error = %hook_error, "the on_give_up hook failed: answering 500 so the sender retries");
+                        tracing::error!(error = %hook_error, "the on_give_up hook failed: the delivery is not handled and will be retried");
                         Outcome::Failed(hook_error)
                     }
                     Err(_panic) => {
-                        tracing::error!("the on_give_up hook panicked: answering 500");
+                        tracing::error!("the on_give_up hook panicked: the delivery is not handled and will be retried");
                         Outcome::Panicked
                     }
                 }
@@ -496,12 +498,14 @@ async fn run_in_turn(handlers: impl Iterator<Item = BoxFuture<'static, HandlerRe
                     return Outcome::RetryLater(error);
                 }
                 Directive::Fail => {
-                    tracing::error!(%error, "handler failed: answering 500 so the sender retries");
+                    tracing::error!(%error, "handler failed: the delivery is not handled and will be retried");
                     return Outcome::Failed(error);
                 }
             },
             Err(_panic) => {
-                tracing::error!("handler panicked: answering 500 so the sender retries");
+                tracing::error!(
+                    "handler panicked: the delivery is not handled and will be retried"
+                );
                 return Outcome::Panicked;
             }
         }

@@ -35,8 +35,10 @@ pub const MAX_PENDING_COMPLETIONS: usize = 10_000;
 /// scripts, so each is atomic, and each checks the caller's token: a
 /// completion that comes too late never overwrites another replica's live
 /// claim. Every claim carries a generation, Redis's own clock in
-/// microseconds, which grows with every claim of an id even after Redis
-/// lost its data.
+/// microseconds, which grows with every claim of an id, even after Redis
+/// lost its data, as long as that clock does not go back: after a failover
+/// to a host whose clock is behind by more than the time between two
+/// claims, a later claim can carry a smaller generation.
 ///
 /// A command that fails because the connection broke (a restart, say) is
 /// retried on the fresh connection for up to a second; a claim retried that

@@ -149,6 +149,41 @@ impl PostgresServer {
         );
     }
 
+    /// `pg_dump --data-only` of `schema`: every row as the dump holds it
+    /// (`bytea` as hex), for tests that check what the tables keep.
+    pub fn dump_data(&self, schema: &str) -> String {
+        let program = self.bin.join("pg_dump");
+        let mut command = match self.as_user {
+            Some(user) => {
+                let mut c = Command::new("runuser");
+                c.args(["-u", user, "--"]).arg(&program);
+                c
+            }
+            None => Command::new(&program),
+        };
+        let port = self.port.to_string();
+        let output = command
+            .args([
+                "-h",
+                "127.0.0.1",
+                "-p",
+                &port,
+                "-U",
+                "postgres",
+                "--data-only",
+            ])
+            .args(["--schema", schema, "postgres"])
+            .current_dir(&self.dir)
+            .output()
+            .unwrap_or_else(|e| panic!("{}: {e}", program.display()));
+        assert!(
+            output.status.success(),
+            "pg_dump failed: {}",
+            String::from_utf8_lossy(&output.stderr)
+        );
+        String::from_utf8(output.stdout).expect("a dump is text")
+    }
+
     pub fn url(&self) -> String {
         format!("postgres://postgres@127.0.0.1:{}/postgres", self.port)
     }

@@ -11,7 +11,8 @@ use bytes::Bytes;
 use futures_util::future::BoxFuture;
 use http::{Request, Response, StatusCode};
 use http_body_util::BodyExt;
-use sqlx::postgres::PgPool;
+use sqlx::postgres::{PgPool, PgRow};
+use sqlx::Row;
 use time::OffsetDateTime;
 use tokio::sync::Notify;
 use tower_service::Service;
@@ -19,6 +20,7 @@ use tower_service::Service;
 use super::monitor::SessionMonitor;
 use super::schedule::{Clock, RetrySchedule, WallClock};
 use super::transaction::{CommitError, RunTx};
+use super::worker::CONTENT_EVENTS;
 use super::{
     checked_retention, checked_schema, checked_wait, migrations, postgres_error,
     DEFAULT_ACQUIRE_TIMEOUT, DEFAULT_SCHEMA, NO_TENANT,
@@ -233,6 +235,21 @@ impl Inbox {
         format!("{}.inbox", self.config.schema)
     }
 
+    /// An SQL condition: the row aliased `row` holds text of a message
+    /// whose deletion was handled.
+    pub(super) fn holds_deleted_text(&self, row: &str) -> String {
+        format!(
+            "EXISTS (SELECT 1 FROM {}.deleted_messages AS deleted \
+             WHERE deleted.tenant = {row}.tenant AND deleted.message_id = ANY({row}.message_ids))",
+            self.config.schema
+        )
+    }
+
+    /// The table of deleted messages.
+    pub(super) fn deleted_table(&self) -> String {
+        format!("{}.deleted_messages", self.config.schema)
+    }
+
     pub(super) fn now(&self) -> OffsetDateTime {
         self.config.clock.now()
     }
@@ -265,10 +282,19 @@ impl Inbox {
     async fn insert(&self, delivery: &VerifiedDelivery, body: &[u8]) -> Result<bool, StoreError> {
         let acquire = self.config.acquire_timeout;
         let mut tx = RunTx::begin(&self.pool, acquire, Some(acquire)).await?;
+        // A content event of a message whose deletion was handled (a late
+        // retry of its creation, say) is stored without its text, done.
         let sql = format!(
-            "INSERT INTO {} (tenant, delivery_id, event_type, message_ids, body, signed_at, sender_attempt, due_at) \
-             VALUES ($1, $2, $3, $4, $5, $6, $7, $8) ON CONFLICT DO NOTHING",
-            self.table()
+            "INSERT INTO {table} (tenant, delivery_id, event_type, message_ids, body, signed_at, \
+               sender_attempt, due_at, status, outcome, finished_at) \
+             SELECT $1, $2, $3, $4, CASE WHEN late.gone THEN NULL ELSE $5 END, $6, $7, $8, \
+               CASE WHEN late.gone THEN 'done' ELSE 'queued' END, \
+               CASE WHEN late.gone THEN 'superseded' END, CASE WHEN late.gone THEN $8 END \
+             FROM (SELECT $3 IN {CONTENT_EVENTS} AND EXISTS (SELECT 1 FROM {deleted} \
+               WHERE tenant = $1 AND message_id = ($4::text[])[1]) AS gone) AS late \
+             ON CONFLICT DO NOTHING",
+            table = self.table(),
+            deleted = self.deleted_table(),
         );
         let inserted = sqlx::query(&sql)
             .bind(delivery.tenant().unwrap_or(NO_TENANT))
@@ -300,7 +326,7 @@ impl Inbox {
              ORDER BY received_at DESC, delivery_id LIMIT $3",
             self.table()
         );
-        let rows: Vec<EntryRow> = sqlx::query_as(&sql)
+        let rows: Vec<PgRow> = sqlx::query(&sql)
             .bind(&*self.config.tenant)
             .bind(filter.status.map(InboxStatus::as_str))
             .bind(i64::from(filter.limit))
@@ -316,7 +342,7 @@ impl Inbox {
             "SELECT {ENTRY_COLUMNS} FROM {} WHERE tenant = $1 AND delivery_id = $2",
             self.table()
         );
-        let row: Option<EntryRow> = sqlx::query_as(&sql)
+        let row: Option<PgRow> = sqlx::query(&sql)
             .bind(&*self.config.tenant)
             .bind(id)
             .fetch_optional(&self.pool)
@@ -346,7 +372,7 @@ impl Inbox {
     pub async fn replay(&self, id: &str) -> Result<(), InboxError> {
         let sql = format!(
             "UPDATE {} SET status = 'queued', outcome = NULL, attempts = 0, recorded_attempts = 0, \
-             due_at = $3, finished_at = NULL \
+             due_at = $3, finished_at = NULL, give_up_pending = false \
              WHERE tenant = $1 AND delivery_id = $2 AND status <> 'queued' AND body IS NOT NULL",
             self.table()
         );
@@ -371,25 +397,31 @@ impl Inbox {
         })
     }
 
-    /// Queues every dead delivery that still has its body again; how many.
-    pub async fn replay_dead(&self) -> Result<u64, StoreError> {
+    /// Queues every dead delivery that still has its body again; how many
+    /// were queued, and how many dead rows were left because their body is
+    /// gone (purged, or dropped with a deleted message).
+    pub async fn replay_dead(&self) -> Result<ReplayedDead, StoreError> {
         let sql = format!(
-            "UPDATE {} SET status = 'queued', outcome = NULL, attempts = 0, recorded_attempts = 0, \
-             due_at = $2, finished_at = NULL \
-             WHERE tenant = $1 AND status = 'dead' AND body IS NOT NULL",
-            self.table()
+            "WITH replayed AS (UPDATE {table} SET status = 'queued', outcome = NULL, attempts = 0, \
+               recorded_attempts = 0, due_at = $2, finished_at = NULL, give_up_pending = false \
+               WHERE tenant = $1 AND status = 'dead' AND body IS NOT NULL RETURNING 1) \
+             SELECT (SELECT count(*) FROM replayed), \
+               (SELECT count(*) FROM {table} WHERE tenant = $1 AND status = 'dead' AND body IS NULL)",
+            table = self.table()
         );
-        let replayed = sqlx::query(&sql)
+        let (queued, without_body): (i64, i64) = sqlx::query_as(&sql)
             .bind(&*self.config.tenant)
             .bind(self.now())
-            .execute(&self.pool)
+            .fetch_one(&self.pool)
             .await
-            .map_err(postgres_error)?
-            .rows_affected();
-        if replayed > 0 {
+            .map_err(postgres_error)?;
+        if queued > 0 {
             self.config.wake.notify_waiters();
         }
-        Ok(replayed)
+        Ok(ReplayedDead {
+            queued: queued.unsigned_abs(),
+            without_body: without_body.unsigned_abs(),
+        })
     }
 
     /// Deletes the stored body of delivery `id`; whether it had one. A
@@ -434,6 +466,16 @@ impl Inbox {
             .fetch_one(&self.pool)
             .await
             .map_err(postgres_error)?;
+        // A deletion is remembered as long as a late copy of its message
+        // would be recognised as a duplicate anyway.
+        sqlx::query(&format!(
+            "DELETE FROM {} WHERE deleted_at < $1",
+            self.deleted_table()
+        ))
+        .bind(now - self.config.done_retention.max(self.config.dead_retention))
+        .execute(&self.pool)
+        .await
+        .map_err(postgres_error)?;
         Ok(Pruned {
             done: done.unsigned_abs(),
             dead: dead.unsigned_abs(),
@@ -441,12 +483,39 @@ impl Inbox {
     }
 }
 
+/// [`message_ids`] of an event whose data does not fit the model, read
+/// best-effort from its raw JSON, so that its text is dropped with its
+/// message too: `message.id`, the quoted or parent message's id, and a
+/// moderation action's `message_id`.
+fn malformed_message_ids(data: &str) -> Vec<String> {
+    let Ok(data) = serde_json::from_str::<serde_json::Value>(data) else {
+        return Vec::new();
+    };
+    let text =
+        |value: Option<&serde_json::Value>| value.and_then(|v| v.as_str()).map(str::to_owned);
+    let message = data.get("message");
+    let quoted = message
+        .and_then(|m| m.get("quoted_message"))
+        .and_then(|q| q.get("id"));
+    [
+        text(message.and_then(|m| m.get("id"))),
+        text(quoted).or_else(|| text(message.and_then(|m| m.get("parent_id")))),
+        text(data.get("message_id")),
+    ]
+    .into_iter()
+    .flatten()
+    .collect()
+}
+
 /// The messages whose content a delivery's body holds: the message itself
 /// first, then the one it quotes; a moderation action's message. A
 /// `message.deleted` drops the stored bodies that name its message.
 pub(super) fn message_ids(delivery: &VerifiedDelivery) -> Vec<String> {
     let Some(envelope) = delivery.envelope() else {
-        return Vec::new();
+        return delivery
+            .malformed()
+            .map(|malformed| malformed_message_ids(malformed.data_json()))
+            .unwrap_or_default();
     };
     let message = match &envelope.event {
         Event::MessageCreated(event) => &event.message,
@@ -575,71 +644,79 @@ pub struct InboxEntry {
     pub due_at: OffsetDateTime,
     /// When it became done or dead.
     pub finished_at: Option<OffsetDateTime>,
-    /// The last failed run's error.
+    /// The last failed run's error, while the row is queued or dead; gone
+    /// once it is done, and dropped with a deleted message's text.
     pub last_error: Option<String>,
     /// The stored body's length; `None` once dropped.
     pub body_len: Option<usize>,
+    /// What the last failure was, in a word that holds no chat content
+    /// (`failed`, `panicked`, `retry_later`, `max_run_time`, `malformed`,
+    /// `lost`, `given_up`, `no_body`, `not_an_envelope`): kept when
+    /// `last_error` is dropped with a deleted message.
+    pub error_kind: Option<String>,
+    /// The generation of the row's last claim: larger for every claim,
+    /// never reset by a replay, a shutdown's cancel or a purge.
+    pub generation: u64,
+    /// A dead row whose `on_give_up` hook has not succeeded yet: the
+    /// workers run it again.
+    pub give_up_pending: bool,
 }
 
 const ENTRY_COLUMNS: &str = "tenant, delivery_id, event_type, status, outcome, attempts, recorded_attempts, sender_attempt, \
-     signed_at, received_at, due_at, finished_at, last_error, octet_length(body)";
+     signed_at, received_at, due_at, finished_at, last_error, octet_length(body), error_kind, generation, give_up_pending";
 
-type EntryRow = (
-    String,
-    String,
-    String,
-    String,
-    Option<String>,
-    i32,
-    i32,
-    Option<i32>,
-    i64,
-    OffsetDateTime,
-    OffsetDateTime,
-    Option<OffsetDateTime>,
-    Option<String>,
-    Option<i32>,
-);
-
-impl TryFrom<EntryRow> for InboxEntry {
+impl TryFrom<PgRow> for InboxEntry {
     type Error = StoreError;
 
-    fn try_from(row: EntryRow) -> Result<Self, StoreError> {
-        let (
-            tenant,
-            id,
-            event_type,
-            status,
-            outcome,
-            attempts,
-            recorded_attempts,
-            sender_attempt,
-            signed_at,
-            received_at,
-            due_at,
-            finished_at,
-            last_error,
-            body_len,
-        ) = row;
+    fn try_from(row: PgRow) -> Result<Self, StoreError> {
+        let status: String = row.try_get(3).map_err(postgres_error)?;
+        let count = |at: usize| -> Result<u32, StoreError> {
+            Ok(row
+                .try_get::<i32, _>(at)
+                .map_err(postgres_error)?
+                .unsigned_abs())
+        };
         Ok(Self {
-            tenant,
-            id,
-            event_type,
+            tenant: row.try_get(0).map_err(postgres_error)?,
+            id: row.try_get(1).map_err(postgres_error)?,
+            event_type: row.try_get(2).map_err(postgres_error)?,
             status: status
                 .parse()
                 .map_err(|e: String| StoreError::new(format!("PostgreSQL: {e}")))?,
-            outcome,
-            attempts: attempts.unsigned_abs(),
-            attempts_ended: recorded_attempts.unsigned_abs(),
-            sender_attempt: sender_attempt.map(i32::unsigned_abs),
-            signed_at,
-            received_at,
-            due_at,
-            finished_at,
-            last_error,
-            body_len: body_len.map(|len| len.unsigned_abs() as usize),
+            outcome: row.try_get(4).map_err(postgres_error)?,
+            attempts: count(5)?,
+            attempts_ended: count(6)?,
+            sender_attempt: row
+                .try_get::<Option<i32>, _>(7)
+                .map_err(postgres_error)?
+                .map(i32::unsigned_abs),
+            signed_at: row.try_get(8).map_err(postgres_error)?,
+            received_at: row.try_get(9).map_err(postgres_error)?,
+            due_at: row.try_get(10).map_err(postgres_error)?,
+            finished_at: row.try_get(11).map_err(postgres_error)?,
+            last_error: row.try_get(12).map_err(postgres_error)?,
+            body_len: row
+                .try_get::<Option<i32>, _>(13)
+                .map_err(postgres_error)?
+                .map(|len| len.unsigned_abs() as usize),
+            error_kind: row.try_get(14).map_err(postgres_error)?,
+            generation: row
+                .try_get::<i64, _>(15)
+                .map_err(postgres_error)?
+                .unsigned_abs(),
+            give_up_pending: row.try_get(16).map_err(postgres_error)?,
         })
     }
+}
+
+/// What [`Inbox::replay_dead`] did.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[non_exhaustive]
+pub struct ReplayedDead {
+    /// Dead deliveries queued again.
+    pub queued: u64,
+    /// Dead deliveries left dead: their body is gone, so they cannot run.
+    pub without_body: u64,
 }
 
 /// What [`Inbox::prune`] deleted.

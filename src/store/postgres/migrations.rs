@@ -50,6 +50,22 @@ const MIGRATIONS: &[(i64, &str, &str)] = &[
         CREATE INDEX inbox_finished ON {schema}.inbox (status, finished_at) WHERE status <> 'queued';
         CREATE INDEX inbox_message_ids ON {schema}.inbox USING gin (message_ids);",
     ),
+    (
+        3,
+        "inbox generations, give-up hooks, error kinds, deleted messages",
+        "ALTER TABLE {schema}.inbox
+            ADD COLUMN generation bigint NOT NULL DEFAULT 0,
+            ADD COLUMN give_up_pending boolean NOT NULL DEFAULT false,
+            ADD COLUMN error_kind text;
+        CREATE INDEX inbox_give_up_pending ON {schema}.inbox (finished_at) WHERE give_up_pending;
+        CREATE TABLE {schema}.deleted_messages (
+            tenant text NOT NULL,
+            message_id text NOT NULL,
+            deleted_at timestamptz NOT NULL,
+            PRIMARY KEY (tenant, message_id)
+        );
+        CREATE INDEX deleted_messages_deleted_at ON {schema}.deleted_messages (deleted_at);",
+    ),
 ];
 
 /// The advisory lock key for migrating `schema`: FNV-1a over a fixed

@@ -83,12 +83,12 @@
 //! - *A call dropped half-way* (a timeout, a client hanging up, a
 //!   shutdown) never returns a connection to your pool inside a
 //!   transaction: a `BEGIN`, `COMMIT` or `ROLLBACK` cut off is rolled back
-//!   within 0.5 s, or its connection closed. sqlx alone does not promise
+//!   within 0.3 s, or its connection closed. sqlx alone does not promise
 //!   this (its #4393).
 //! - *A handler stuck in a statement or behind a lock* is stopped at
 //!   `max_run_time`, or by a drain past its deadline: the run's statement
 //!   is cancelled on the server (`pg_cancel_backend`, from another
-//!   connection), then the transaction is rolled back within 0.5 s, or the
+//!   connection), then the transaction is rolled back within 0.3 s, or the
 //!   session terminated. `statement_timeout` and `lock_timeout` are set to
 //!   `max_run_time` + 1 s as the server's own backstop.
 //! - *A session that ends under a running handler* (`pg_terminate_backend`,
@@ -99,7 +99,7 @@
 //!   runs it could not confirm for 2 s. A run never outlives its session by
 //!   more than [`LOST_SESSION_BOUND`]: in transactional mode a copy that
 //!   arrives sooner can overlap it; in the inbox, a claim that finds a lost
-//!   run defers the row by 3 s, longer than that bound.
+//!   run defers the row by 5 s, longer than that bound.
 //! - *A client that vanished without a word* (a host crash, a partition)
 //!   leaves its session, and its locks, on the server until TCP keepalive
 //!   ends it (about two hours by default): nothing runs twice meanwhile,
@@ -107,6 +107,17 @@
 //!   `tcp_keepalives_interval`, `tcp_keepalives_count` and (PostgreSQL 14+)
 //!   `client_connection_check_interval` on the server to end it within a
 //!   minute.
+//! - *A drain past its deadline* waits
+//!   [`CANCEL_GRACE`](crate::delivery::CANCEL_GRACE) (1 s) for the runs it
+//!   cancelled: a cancel, a rollback and, failing those, a terminate take
+//!   at most 0.3 s each. If the process exits before a cancel reached the
+//!   server, `statement_timeout` ends the statement.
+//! - Sessions are told apart by pid and start time, so a pid reused by a
+//!   later session is never cancelled, terminated or taken for a live run.
+//!   The watcher and the cancels connect with the pool's options but not
+//!   its `after_connect` hook; any role may read `pg_stat_activity` and
+//!   cancel sessions of its own role. When the server is at its connection
+//!   limit, they use an idle pool connection instead.
 //! - *A commit whose answer was lost* is logged, counted as
 //!   `store_errors_total{operation="commit_ambiguous"}`, and treated as not
 //!   recorded: the sender is answered 503, and its retry finds the record
@@ -201,15 +212,16 @@
 //! transaction locks the row, opens a
 //! savepoint, runs [`Webhooks::handle`](crate::Webhooks::handle) with the
 //! transaction as [`Tx`] (handlers see the inbox's attempt as
-//! `Delivery::attempt` and `Delivery::generation`), and records the outcome
-//! in the same transaction:
+//! `Delivery::attempt`, and as `Delivery::generation` a counter bumped by
+//! every claim and never reset), and records the outcome in the same
+//! transaction:
 //!
 //! | the run | its effects | the row |
 //! |---|---|---|
 //! | handled or ignored | committed | `done`; its body dropped (unless [`keep_done_bodies`](Inbox::keep_done_bodies)) |
-//! | a handler gave up | committed | `dead`, with the error |
-//! | failed, panicked, `retry_later`, past `max_run_time` | rolled back to the savepoint | queued again after the [`RetrySchedule`]'s delay (or `retry_later`'s, within the cap), with the error; `dead` after the last attempt, and `on_give_up` runs |
-//! | its process died, its connection dropped, its commit failed | aborted by PostgreSQL | due again at its retry time; the next claim records it as lost (`attempt N did not finish`), and past the last attempt it is `dead` |
+//! | a handler gave up | committed, with the `dead` record | `dead`, with the error (its `on_give_up` ran inside the run) |
+//! | failed, panicked, `retry_later`, past `max_run_time` | rolled back to the savepoint | queued again after the [`RetrySchedule`]'s delay (or `retry_later`'s, within the cap), with the error; `dead` after the last attempt, and `on_give_up` runs, at least once: a hook that fails, or whose process dies first, is run again by the workers |
+//! | its process died, its session ended, its commit failed | aborted by PostgreSQL | due again at its retry time; the next claim records it as lost (`attempt N did not finish`) and defers it 5 s; past the last attempt it is `dead` |
 //! | cancelled by [`WorkersHandle::shutdown`] after its deadline | rolled back | due again at once, the attempt given back |
 //!
 //! So a delivery's database effects commit exactly once, or never when it
@@ -219,14 +231,24 @@
 //! 500 ms): a row stored by another replica, or a retry coming due, waits
 //! at most that long.
 //!
-//! **Chat content.** The body is the message text. A handled row drops it
-//! by default; a dead row keeps it until it is replayed, purged or pruned
-//! (14 days). When a `message.deleted` is handled, every finished row that
-//! holds that message's text (its own deliveries, replies that quote it, a
-//! moderation action on it) loses its body, and queued deliveries of that
-//! message are marked done (`superseded`) without running. A delivery of it
-//! running at that moment keeps its body until it ends, and a queued reply
-//! that quotes it keeps its body until it is handled.
+//! **Chat content.** The body is the message text, and an error may quote
+//! it (PostgreSQL's own messages quote values). A handled row drops both by
+//! default; a dead row keeps them until it is replayed, purged or pruned
+//! (14 days). When a `message.deleted` is handled, the message id is
+//! recorded in `deleted_messages` and no table of the crate keeps its text:
+//!
+//! - finished rows that hold it (its own deliveries, replies that quote it,
+//!   a moderation action on it) lose their body and error text, keeping
+//!   the error's kind (`error_kind`);
+//! - its own queued content events (`message.created`, `message.updated`,
+//!   `message.mentioned`) end `superseded` without running;
+//! - other queued rows that hold it (a moderation action, a reply) still
+//!   run: they lose their error text at once and their body as they
+//!   finish, as do rows running at that moment;
+//! - a late copy of one of its content events is stored without its body,
+//!   `superseded`;
+//! - a body whose data does not fit the model is matched by the ids read
+//!   from its raw JSON.
 //!
 //! **Operators.** [`list`](Inbox::list), [`get`](Inbox::get) (no body),
 //! [`body`](Inbox::body), [`replay`](Inbox::replay) (a dead or done row with
@@ -250,7 +272,7 @@ use std::time::Duration;
 pub use sqlx;
 
 pub use inbox::{
-    Inbox, InboxEntry, InboxError, InboxService, InboxStatus, ListFilter, Pruned,
+    Inbox, InboxEntry, InboxError, InboxService, InboxStatus, ListFilter, Pruned, ReplayedDead,
     DEFAULT_DEAD_RETENTION, DEFAULT_DONE_RETENTION,
 };
 pub use monitor::LOST_SESSION_BOUND;

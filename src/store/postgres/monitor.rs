@@ -11,6 +11,8 @@ use sqlx::Connection;
 use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 
+use super::transaction::Session;
+
 /// How often the sessions of the runs in progress are checked.
 const CHECK_EVERY: Duration = Duration::from_millis(500);
 
@@ -18,7 +20,8 @@ const CHECK_EVERY: Duration = Duration::from_millis(500);
 const CHECK_TIMEOUT: Duration = Duration::from_secs(1);
 
 /// A run whose session no check could confirm for this long (PostgreSQL is
-/// unreachable from here) is cancelled as if it were gone.
+/// unreachable from here) is cancelled as if it were gone. Checks are cut
+/// short so that none outlasts this.
 const UNCONFIRMED_LIMIT: Duration = Duration::from_secs(2);
 
 /// How long the watcher keeps its connection once no run is in progress.
@@ -27,7 +30,7 @@ const IDLE_EXIT: Duration = Duration::from_secs(10);
 /// The longest a run goes on after its PostgreSQL session ended: the
 /// watcher sees a session gone at its next check (every 500 ms), and
 /// cancels every run whose session it could not confirm for 2 s when it
-/// cannot reach PostgreSQL.
+/// cannot reach PostgreSQL; half a second more covers the cancel itself.
 pub const LOST_SESSION_BOUND: Duration = Duration::from_millis(2_500);
 
 /// Watches the sessions of the runs of one backend or inbox (and its
@@ -50,7 +53,7 @@ struct State {
 }
 
 struct Watched {
-    pid: i32,
+    session: Session,
     lost: CancellationToken,
     confirmed: Instant,
 }
@@ -91,9 +94,9 @@ impl SessionMonitor {
             .unwrap_or_else(|poisoned| poisoned.into_inner())
     }
 
-    /// Watches the session of backend `pid` until the returned [`Watch`]
-    /// drops. Must be called on a tokio runtime.
-    pub(crate) fn watch(&self, pid: i32) -> Watch {
+    /// Watches `session` until the returned [`Watch`] drops. Must be
+    /// called on a tokio runtime.
+    pub(crate) fn watch(&self, session: Session) -> Watch {
         let lost = CancellationToken::new();
         let mut state = self.state();
         let key = state.next_key;
@@ -101,7 +104,7 @@ impl SessionMonitor {
         state.runs.insert(
             key,
             Watched {
-                pid,
+                session,
                 lost: lost.clone(),
                 confirmed: Instant::now(),
             },
@@ -122,35 +125,52 @@ async fn check(monitor: SessionMonitor) {
     let mut conn: Option<PgConnection> = None;
     let mut idle_since = Instant::now();
     loop {
-        tokio::time::sleep(CHECK_EVERY).await;
-        let watched: Vec<(u64, i32)> = {
+        let watched: Vec<(u64, Session)> = {
             let mut state = monitor.state();
-            if state.runs.is_empty() {
-                if idle_since.elapsed() >= IDLE_EXIT {
-                    state.checking = false;
-                    break;
-                }
-                continue;
+            if state.runs.is_empty() && idle_since.elapsed() >= IDLE_EXIT {
+                state.checking = false;
+                break;
             }
-            state.runs.iter().map(|(key, w)| (*key, w.pid)).collect()
+            state
+                .runs
+                .iter()
+                .map(|(key, w)| (*key, w.session))
+                .collect()
         };
+        // The earliest moment a run must be confirmed by, or cancelled.
+        let must_confirm_by = {
+            let state = monitor.state();
+            state
+                .runs
+                .values()
+                .filter(|w| !w.lost.is_cancelled())
+                .map(|w| w.confirmed + UNCONFIRMED_LIMIT)
+                .min()
+        };
+        let next = Instant::now() + CHECK_EVERY;
+        tokio::time::sleep_until(must_confirm_by.map_or(next, |by| next.min(by))).await;
+        if watched.is_empty() {
+            continue;
+        }
         idle_since = Instant::now();
         let checked_at = Instant::now();
-        let pids: Vec<i32> = watched.iter().map(|(_, pid)| *pid).collect();
-        let alive =
-            tokio::time::timeout(CHECK_TIMEOUT, alive_of(&monitor.0.pool, &mut conn, &pids)).await;
+        let limit = must_confirm_by.map_or(CHECK_TIMEOUT, |by| {
+            CHECK_TIMEOUT.min(by.saturating_duration_since(checked_at))
+        });
+        let pids: Vec<i32> = watched.iter().map(|(_, session)| session.pid).collect();
+        let alive = tokio::time::timeout(limit, alive_of(&monitor.0.pool, &mut conn, &pids)).await;
         let mut state = monitor.state();
         match alive {
             Ok(Ok(alive)) => {
-                for (key, pid) in watched {
+                for (key, session) in watched {
                     let Some(run) = state.runs.get_mut(&key) else {
                         continue;
                     };
-                    if alive.contains(&pid) {
+                    if alive.contains(&session) {
                         run.confirmed = checked_at;
                     } else if !run.lost.is_cancelled() {
                         tracing::error!(
-                            pid,
+                            pid = session.pid,
                             "a run's PostgreSQL session is gone: cancelling the run"
                         );
                         run.lost.cancel();
@@ -165,15 +185,15 @@ async fn check(monitor: SessionMonitor) {
                     }
                     _ => tracing::warn!("could not check the runs' PostgreSQL sessions in time"),
                 }
-                for run in state.runs.values() {
-                    if run.confirmed.elapsed() >= UNCONFIRMED_LIMIT && !run.lost.is_cancelled() {
-                        tracing::error!(
-                            pid = run.pid,
-                            "a run's PostgreSQL session could not be confirmed: cancelling the run"
-                        );
-                        run.lost.cancel();
-                    }
-                }
+            }
+        }
+        for run in state.runs.values() {
+            if run.confirmed.elapsed() >= UNCONFIRMED_LIMIT && !run.lost.is_cancelled() {
+                tracing::error!(
+                    pid = run.session.pid,
+                    "a run's PostgreSQL session could not be confirmed in time: cancelling the run"
+                );
+                run.lost.cancel();
             }
         }
     }
@@ -182,18 +202,38 @@ async fn check(monitor: SessionMonitor) {
     }
 }
 
-/// Which of `pids` are sessions of the server now.
+/// Which sessions of `pids` the server has now: on the watcher's own
+/// connection, or, when it cannot connect (the server at its connection
+/// limit, say), on an idle one of the pool.
 async fn alive_of(
     pool: &PgPool,
     conn: &mut Option<PgConnection>,
     pids: &[i32],
-) -> Result<Vec<i32>, sqlx::Error> {
+) -> Result<Vec<Session>, sqlx::Error> {
+    let query = || {
+        sqlx::query_as::<_, (i32, time::OffsetDateTime)>(
+            "SELECT pid, backend_start FROM pg_catalog.pg_stat_activity WHERE pid = ANY($1)",
+        )
+        .bind(pids)
+    };
     if conn.is_none() {
-        *conn = Some(PgConnection::connect_with(&pool.connect_options()).await?);
+        match PgConnection::connect_with(&pool.connect_options()).await {
+            Ok(connected) => *conn = Some(connected),
+            Err(error) => {
+                let Some(mut pooled) = pool.try_acquire() else {
+                    return Err(error);
+                };
+                let rows = query().fetch_all(&mut *pooled).await?;
+                return Ok(sessions(rows));
+            }
+        }
     }
     let conn = conn.as_mut().expect("connected above");
-    sqlx::query_scalar("SELECT pid FROM pg_catalog.pg_stat_activity WHERE pid = ANY($1)")
-        .bind(pids)
-        .fetch_all(conn)
-        .await
+    Ok(sessions(query().fetch_all(conn).await?))
+}
+
+fn sessions(rows: Vec<(i32, time::OffsetDateTime)>) -> Vec<Session> {
+    rows.into_iter()
+        .map(|(pid, started)| Session { pid, started })
+        .collect()
 }

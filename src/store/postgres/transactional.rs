@@ -1,6 +1,7 @@
 //! The transactional backend: each delivery in the handlers' own
 //! transaction, inline with the sender's request.
 
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -9,7 +10,7 @@ use sqlx::postgres::{PgConnection, PgPool};
 use tokio::sync::{MappedMutexGuard, Mutex, MutexGuard};
 
 use super::monitor::{SessionMonitor, Watch};
-use super::transaction::{CommitError, RunTx};
+use super::transaction::{cancel, terminate, CommitError, RunTx, Session, ROLLBACK_WAIT};
 use super::{
     checked_retention, checked_schema, checked_wait, migrations, postgres_error,
     DEFAULT_ACQUIRE_TIMEOUT, DEFAULT_SCHEMA, NO_TENANT,
@@ -178,9 +179,13 @@ impl DeliveryBackend for PostgresBackend {
                         .await
                         .map_err(postgres_error)?;
                     if !handled {
-                        let watch = tx.pid().map(|pid| self.monitor.watch(pid));
+                        let session = tx.session();
+                        let watch = session.map(|session| self.monitor.watch(session));
                         return Ok(Begin::Started(Arc::new(TransactionGuard {
                             tx: Tx::new(tx),
+                            pool: self.pool.clone(),
+                            session,
+                            unconfirmed_cancel: AtomicBool::new(false),
                             watch,
                             schema: self.schema.clone(),
                             delivery: delivery.clone(),
@@ -206,6 +211,11 @@ const ADVISORY_LOCK: &str = "pg_catalog.pg_try_advisory_xact_lock(pg_catalog.has
 /// The delivery's open transaction, held by its run.
 struct TransactionGuard {
     tx: Tx,
+    /// Kept outside the transaction's lock: a task a handler spawned may
+    /// still hold that lock when the run is cut off.
+    pool: PgPool,
+    session: Option<Session>,
+    unconfirmed_cancel: AtomicBool,
     watch: Option<Watch>,
     schema: Arc<str>,
     delivery: VerifiedDelivery,
@@ -223,19 +233,38 @@ impl DeliveryGuard for TransactionGuard {
 
     fn cancel(&self) -> BoxFuture<'_, ()> {
         Box::pin(async move {
-            if let Some(tx) = self.tx.0.lock().await.as_ref() {
-                tx.cancel_statement().await;
+            if let Some(session) = self.session {
+                if !cancel(&self.pool, session).await {
+                    self.unconfirmed_cancel.store(true, Ordering::SeqCst);
+                }
             }
         })
     }
 
     fn finish(&self, finish: Finish) -> BoxFuture<'_, Result<(), StoreError>> {
         Box::pin(async move {
-            let Some(mut tx) = self.tx.take().await else {
-                return Err(StoreError::new(
-                    "PostgreSQL: the delivery's transaction is gone",
-                ));
+            let taken = tokio::time::timeout(ROLLBACK_WAIT, self.tx.take()).await;
+            let mut tx = match taken {
+                Ok(Some(tx)) => tx,
+                Ok(None) => {
+                    return Err(StoreError::new(
+                        "PostgreSQL: the delivery's transaction is gone",
+                    ))
+                }
+                Err(_elapsed) => {
+                    // Something the handlers spawned still holds it: end the
+                    // session, which frees the delivery with it.
+                    if let Some(session) = self.session {
+                        terminate(&self.pool, session).await;
+                    }
+                    return Err(StoreError::new(
+                        "PostgreSQL: the delivery's transaction is still in use by a task of the handlers",
+                    ));
+                }
             };
+            if self.unconfirmed_cancel.load(Ordering::SeqCst) {
+                tx.note_unconfirmed_signal();
+            }
             let outcome = match finish {
                 Finish::Handled => "handled",
                 Finish::GivenUp => "given_up",

@@ -14,6 +14,8 @@ use std::time::Duration;
 
 use futures_util::FutureExt;
 use http::Extensions;
+use sqlx::pool::PoolConnection;
+use sqlx::postgres::{PgConnection, Postgres};
 use time::OffsetDateTime;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
@@ -22,7 +24,7 @@ use tracing::Instrument;
 use super::inbox::{message_ids, Inbox};
 use super::monitor::LOST_SESSION_BOUND;
 use super::postgres_error;
-use super::transaction::{CommitError, RunTx};
+use super::transaction::{acquire, CommitError, RunTx};
 use super::transactional::Tx;
 use crate::delivery::{Generation, DEFAULT_MAX_RUN_TIME};
 use crate::dispatch::{GivenUp, HandlerError, Outcome, Webhooks};
@@ -45,11 +47,14 @@ pub const DEFAULT_POLL_INTERVAL: Duration = Duration::from_millis(500);
 const CLAIM_GRACE: Duration = Duration::from_secs(1);
 
 /// How long a row whose last attempt was lost waits before it runs again:
-/// longer than a live process takes to cancel a run whose PostgreSQL
+/// twice as long as a live process takes to cancel a run whose PostgreSQL
 /// session ended ([`LOST_SESSION_BOUND`]), so that two runs of a delivery
-/// never overlap.
-const LOST_RUN_GRACE: Duration = Duration::from_secs(3);
-const _: () = assert!(LOST_RUN_GRACE.as_millis() > LOST_SESSION_BOUND.as_millis());
+/// never overlap, with room for the replicas' clocks to differ.
+const LOST_RUN_GRACE: Duration = Duration::from_secs(5);
+const _: () = assert!(LOST_RUN_GRACE.as_millis() >= 2 * LOST_SESSION_BOUND.as_millis());
+
+/// Undoes the handlers' effects, keeping the run's own bookkeeping.
+const TO_SAVEPOINT: &str = "ROLLBACK TO SAVEPOINT cariosan_handlers";
 
 /// How often a busy worker also looks for rows whose last attempt was lost.
 const SWEEP_EVERY: Duration = Duration::from_secs(10);
@@ -106,8 +111,8 @@ where
     S: Clone + Send + Sync + 'static,
 {
     /// How many deliveries run at once in this process (default 4). Each
-    /// running delivery holds one pool connection, and a claim briefly
-    /// another.
+    /// worker claims and runs on one pool connection, and its sweeps take
+    /// another briefly.
     ///
     /// # Panics
     ///
@@ -124,10 +129,9 @@ where
     ///
     /// # Panics
     ///
-    /// If `limit` is zero.
+    /// If `limit` is zero or over a day.
     pub fn max_run_time(mut self, limit: Duration) -> Self {
-        assert!(!limit.is_zero(), "max_run_time must be positive");
-        self.max_run_time = limit;
+        self.max_run_time = super::checked_wait("max_run_time", limit);
         self
     }
 
@@ -237,6 +241,8 @@ struct Claimed {
     id: String,
     event_type: String,
     attempt: i32,
+    /// Bumped by every claim, never reset: handlers' fencing token.
+    generation: i64,
     body: Option<Vec<u8>>,
     signed_at: i64,
 }
@@ -247,7 +253,29 @@ async fn work<S: Clone + Send + Sync + 'static>(shared: Arc<Shared<S>>) {
         if shared.stop.is_cancelled() {
             return;
         }
-        let claimed = shared.claim().await;
+        // The run's connection is taken before the claim, so that an
+        // exhausted pool delays claims instead of burning attempts.
+        let inbox = &shared.inbox;
+        let mut conn = match acquire(&inbox.pool, inbox.config.acquire_timeout).await {
+            Ok(conn) => conn,
+            Err(error) => {
+                crate::metrics::store_error("inbox_claim");
+                tracing::warn!(%error, "no pool connection for a claim; trying again after the poll interval");
+                tokio::select! {
+                    () = shared.stop.cancelled() => return,
+                    () = tokio::time::sleep(shared.poll_interval) => {}
+                }
+                continue;
+            }
+        };
+        let claimed = shared.claim(&mut conn).await;
+        let conn = match claimed {
+            Ok(Claim::Run(_)) => Some(conn),
+            _ => {
+                drop(conn);
+                None
+            }
+        };
         if matches!(claimed, Ok(Claim::LostRecorded)) {
             continue;
         }
@@ -260,6 +288,7 @@ async fn work<S: Clone + Send + Sync + 'static>(shared: Arc<Shared<S>>) {
         }
         match claimed {
             Ok(Claim::Run(claimed)) => {
+                let conn = conn.expect("kept for the run");
                 let span = tracing::info_span!(
                     "cariosan_webhook",
                     tenant = (!claimed.tenant.is_empty()).then_some(claimed.tenant.as_str()),
@@ -267,7 +296,7 @@ async fn work<S: Clone + Send + Sync + 'static>(shared: Arc<Shared<S>>) {
                     event_type = %claimed.event_type,
                     attempt = claimed.attempt,
                 );
-                let ran = AssertUnwindSafe(shared.run(&claimed).instrument(span))
+                let ran = AssertUnwindSafe(shared.run(conn, &claimed).instrument(span))
                     .catch_unwind()
                     .await;
                 if ran.is_err() {
@@ -289,10 +318,22 @@ async fn work<S: Clone + Send + Sync + 'static>(shared: Arc<Shared<S>>) {
     }
 }
 
-/// What a claim returns: the key, the type, the attempt it counted,
-/// whether the attempt before was lost, the body (gone once dropped) and
+/// What a claim returns: the key, the type, the attempt it counted, the
+/// generation, whether the attempt before was lost, the body (gone once dropped) and
 /// the signed time.
-type ClaimedRow = (String, String, String, i32, bool, Option<Vec<u8>>, i64);
+type ClaimedRow = (String, String, String, i32, i64, bool, Option<Vec<u8>>, i64);
+
+/// What a sweep returns of a row it marked dead: the key, the type, the
+/// attempts, whether the last was lost, and the error (gone when its
+/// message was deleted).
+type SweptRow = (String, String, String, i32, bool, Option<String>);
+
+/// What a hook is told of an error whose text went with its message.
+const REDACTED_ERROR: &str = "its error's text was dropped with its deleted message";
+
+/// How long after a row died its `on_give_up` hook is retried, when the
+/// run that killed it did not get it through.
+const GIVE_UP_RETRY_AFTER: Duration = Duration::from_secs(10);
 
 /// How a run ended, before it is recorded.
 enum Ran {
@@ -307,11 +348,15 @@ enum Ran {
 enum Record {
     Done(&'static str),
     Retry {
+        /// What went wrong, as a word that holds no chat content: kept
+        /// when the error's text is dropped with a deleted message.
+        kind: &'static str,
         error: String,
         after: Duration,
     },
     Dead {
         outcome: &'static str,
+        kind: &'static str,
         error: String,
     },
     /// Cancelled by shutdown: due again now, the attempt given back.
@@ -329,7 +374,7 @@ impl<S: Clone + Send + Sync + 'static> Shared<S> {
     /// that attempt is recorded as lost and the row deferred by
     /// [`LOST_RUN_GRACE`], so that a run still going in a live process
     /// whose session ended is cancelled by its session watcher first.
-    async fn claim(&self) -> Result<Claim, StoreError> {
+    async fn claim(&self, conn: &mut PgConnection) -> Result<Claim, StoreError> {
         let inbox = &self.inbox;
         let table = inbox.table();
         let schedule = &inbox.config.schedule;
@@ -338,15 +383,17 @@ impl<S: Clone + Send + Sync + 'static> Shared<S> {
             "UPDATE {table} AS row SET \
                attempts = row.attempts + CASE WHEN due.lost THEN 0 ELSE 1 END, \
                recorded_attempts = row.attempts, \
+               generation = row.generation + CASE WHEN due.lost THEN 0 ELSE 1 END, \
                due_at = $1 + pg_catalog.make_interval(secs => CASE WHEN due.lost THEN $6 \
                  ELSE greatest($3, least($5, $4 * pg_catalog.power(2, least(row.attempts, 62)))) END), \
-               last_error = CASE WHEN due.lost THEN {LOST_RUN_ERROR} ELSE row.last_error END \
+               last_error = CASE WHEN due.lost THEN {LOST_RUN_ERROR} ELSE row.last_error END, \
+               error_kind = CASE WHEN due.lost THEN 'lost' ELSE row.error_kind END \
              FROM (SELECT tenant, delivery_id, attempts > recorded_attempts AS lost FROM {table} \
                    WHERE status = 'queued' AND due_at <= $1 AND attempts < $2 \
                    ORDER BY due_at LIMIT 1 FOR UPDATE SKIP LOCKED) AS due \
              WHERE row.tenant = due.tenant AND row.delivery_id = due.delivery_id \
-             RETURNING row.tenant, row.delivery_id, row.event_type, row.attempts, due.lost, \
-               CASE WHEN due.lost THEN NULL ELSE row.body END, row.signed_at"
+             RETURNING row.tenant, row.delivery_id, row.event_type, row.attempts, row.generation, \
+               due.lost, CASE WHEN due.lost THEN NULL ELSE row.body END, row.signed_at"
         ))
         .bind(inbox.now())
         .bind(i32::try_from(schedule.attempts()).unwrap_or(i32::MAX))
@@ -354,10 +401,10 @@ impl<S: Clone + Send + Sync + 'static> Shared<S> {
         .bind(first.as_secs_f64())
         .bind(cap.as_secs_f64())
         .bind(LOST_RUN_GRACE.as_secs_f64())
-        .fetch_optional(&inbox.pool)
+        .fetch_optional(&mut *conn)
         .await
         .map_err(postgres_error)?;
-        let Some((tenant, id, event_type, attempt, lost, body, signed_at)) = row else {
+        let Some((tenant, id, event_type, attempt, generation, lost, body, signed_at)) = row else {
             return Ok(Claim::Empty);
         };
         if lost {
@@ -370,43 +417,94 @@ impl<S: Clone + Send + Sync + 'static> Shared<S> {
             id,
             event_type,
             attempt,
+            generation,
             body,
             signed_at,
         }))
     }
 
-    /// Rows whose last attempt was lost (its process died) are dead: they
-    /// are out of attempts and no run will end them. Run when a claim finds
-    /// nothing, and now and then.
+    /// Rows out of attempts whose last attempt was lost (its process died)
+    /// are dead: no run will end them. A row out of attempts whose last
+    /// attempt did record its outcome (replicas disagreeing on
+    /// `max_attempts`, say) is dead with that outcome's error. Run when a
+    /// claim finds nothing, and now and then; then the `on_give_up` hooks
+    /// still owed are retried.
     async fn sweep(&self) -> Result<(), StoreError> {
         let inbox = &self.inbox;
         let table = inbox.table();
         let now = inbox.now();
-        let swept: Vec<(String, String, i32, String)> = sqlx::query_as(&format!(
-            "UPDATE {table} AS row SET status = 'dead', outcome = 'lost', recorded_attempts = row.attempts, \
-               finished_at = $1, \
-               last_error = {LOST_RUN_ERROR} \
-             FROM (SELECT tenant, delivery_id FROM {table} \
+        let swept: Vec<SweptRow> = sqlx::query_as(&format!(
+            "UPDATE {table} AS row SET status = 'dead', \
+               outcome = CASE WHEN row.attempts > row.recorded_attempts THEN 'lost' ELSE 'failed' END, \
+               error_kind = CASE WHEN row.attempts > row.recorded_attempts THEN 'lost' ELSE row.error_kind END, \
+               last_error = CASE WHEN row.attempts > row.recorded_attempts THEN {LOST_RUN_ERROR} ELSE row.last_error END, \
+               recorded_attempts = row.attempts, finished_at = $1, give_up_pending = true \
+             FROM (SELECT tenant, delivery_id, attempts > recorded_attempts AS lost FROM {table} \
                    WHERE status = 'queued' AND due_at <= $1 AND attempts >= $2 \
                    ORDER BY due_at LIMIT 100 FOR UPDATE SKIP LOCKED) AS due \
              WHERE row.tenant = due.tenant AND row.delivery_id = due.delivery_id \
-             RETURNING row.delivery_id, row.event_type, row.attempts, row.last_error"
+             RETURNING row.tenant, row.delivery_id, row.event_type, row.attempts, due.lost, row.last_error"
         ))
         .bind(now)
         .bind(i32::try_from(inbox.config.schedule.attempts()).unwrap_or(i32::MAX))
         .fetch_all(&inbox.pool)
         .await
         .map_err(postgres_error)?;
-        for (id, event_type, attempts, error) in swept {
-            crate::metrics::inbox_run("lost", &event_type);
+        for (tenant, id, event_type, attempts, lost, error) in swept {
+            if lost {
+                crate::metrics::inbox_run("lost", &event_type);
+            }
             crate::metrics::inbox_run("dead", &event_type);
-            tracing::error!(delivery_id = %id, attempts, "an inbox delivery is dead: its last attempt did not finish");
-            self.report_dead(&id, &event_type, attempts, error).await;
+            tracing::error!(delivery_id = %id, attempts, lost, "an inbox delivery is dead: it is out of attempts");
+            let error = error.unwrap_or_else(|| REDACTED_ERROR.to_owned());
+            if self.report_dead(&id, &event_type, attempts, error).await {
+                self.give_up_reported(&tenant, &id).await;
+            }
         }
-        Ok(())
+        self.retry_give_ups().await
     }
 
-    async fn report_dead(&self, id: &str, event_type: &str, attempts: i32, error: String) {
+    /// Runs the `on_give_up` hook of dead rows whose hook has not succeeded
+    /// yet: it failed, or its process died between the row's `dead` commit
+    /// and the hook. Each row is locked while its hook runs, so replicas
+    /// take turns.
+    async fn retry_give_ups(&self) -> Result<(), StoreError> {
+        let inbox = &self.inbox;
+        let table = inbox.table();
+        let mut tx = RunTx::begin(
+            &inbox.pool,
+            inbox.config.acquire_timeout,
+            Some(self.max_run_time),
+        )
+        .await?;
+        let owed: Vec<(String, String, String, i32, Option<String>)> = sqlx::query_as(&format!(
+            "SELECT tenant, delivery_id, event_type, attempts, last_error FROM {table} \
+             WHERE give_up_pending AND status = 'dead' AND finished_at <= $1 \
+             ORDER BY finished_at LIMIT 10 FOR UPDATE SKIP LOCKED"
+        ))
+        .bind(inbox.now() - GIVE_UP_RETRY_AFTER)
+        .fetch_all(&mut *tx)
+        .await
+        .map_err(postgres_error)?;
+        for (tenant, id, event_type, attempts, error) in owed {
+            let error = error.unwrap_or_else(|| REDACTED_ERROR.to_owned());
+            if !self.report_dead(&id, &event_type, attempts, error).await {
+                continue;
+            }
+            sqlx::query(&format!(
+                "UPDATE {table} SET give_up_pending = false WHERE tenant = $1 AND delivery_id = $2"
+            ))
+            .bind(&tenant)
+            .bind(&id)
+            .execute(&mut *tx)
+            .await
+            .map_err(postgres_error)?;
+        }
+        tx.commit().await.map_err(CommitError::into_store_error)
+    }
+
+    /// Runs the `on_give_up` hook for a dead row; whether it succeeded.
+    async fn report_dead(&self, id: &str, event_type: &str, attempts: i32, error: String) -> bool {
         let id = EventId::new(id);
         let given_up = GivenUp {
             id,
@@ -414,22 +512,37 @@ impl<S: Clone + Send + Sync + 'static> Shared<S> {
             attempt: Some(attempts.unsigned_abs()),
             error: HandlerError::msg(error),
         };
-        if let Err(error) = self.webhooks.report_given_up(given_up).await {
-            tracing::error!(%error, "the on_give_up hook failed for a dead inbox delivery");
+        match self.webhooks.report_given_up(given_up).await {
+            Ok(()) => true,
+            Err(error) => {
+                tracing::error!(%error, retry_in = ?GIVE_UP_RETRY_AFTER, "the on_give_up hook failed for a dead inbox delivery; it will be run again");
+                false
+            }
+        }
+    }
+
+    /// Notes that a dead row's `on_give_up` hook succeeded.
+    async fn give_up_reported(&self, tenant: &str, id: &str) {
+        let cleared = sqlx::query(&format!(
+            "UPDATE {} SET give_up_pending = false WHERE tenant = $1 AND delivery_id = $2",
+            self.inbox.table()
+        ))
+        .bind(tenant)
+        .bind(id)
+        .execute(&self.inbox.pool)
+        .await;
+        if let Err(error) = cleared {
+            // The hook runs again later: at least once, maybe twice.
+            tracing::warn!(error = %postgres_error(error), "could not note that an on_give_up hook ran");
         }
     }
 
     /// Runs the handlers for a claimed row inside the row's transaction,
     /// and records the outcome in it.
-    async fn run(&self, claimed: &Claimed) {
+    async fn run(&self, conn: PoolConnection<Postgres>, claimed: &Claimed) {
         let inbox = &self.inbox;
         let table = inbox.table();
-        let begun = RunTx::begin(
-            &inbox.pool,
-            inbox.config.acquire_timeout,
-            Some(self.max_run_time),
-        )
-        .await;
+        let begun = RunTx::begin_on(conn, &inbox.pool, Some(self.max_run_time)).await;
         let mut tx = match begun {
             Ok(tx) => tx,
             Err(error) => {
@@ -438,18 +551,18 @@ impl<S: Clone + Send + Sync + 'static> Shared<S> {
                 return;
             }
         };
-        // The attempt fences: a row claimed again since is not ours. This
+        // The generation fences: a row claimed again since is not ours. This
         // waits rather than skips: another worker's claim may hold the row
         // for a moment (a row it locked and then found not due stays
         // locked until its statement commits).
         let locked = sqlx::query(&format!(
             "SELECT 1 FROM {table} \
-             WHERE tenant = $1 AND delivery_id = $2 AND status = 'queued' AND attempts = $3 \
+             WHERE tenant = $1 AND delivery_id = $2 AND status = 'queued' AND generation = $3 \
              FOR UPDATE"
         ))
         .bind(&claimed.tenant)
         .bind(&claimed.id)
-        .bind(claimed.attempt)
+        .bind(claimed.generation)
         .fetch_optional(&mut *tx)
         .await;
         match locked {
@@ -468,13 +581,17 @@ impl<S: Clone + Send + Sync + 'static> Shared<S> {
             .as_deref()
             .and_then(|body| VerifiedDelivery::from_stored(tenant, attempt, signed_at, body));
         let Some(delivery) = delivery else {
-            let error = if body.is_none() {
-                "its body is gone: it cannot run"
+            let (kind, error) = if body.is_none() {
+                ("no_body", "its body is gone: it cannot run")
             } else {
-                "its stored body is not a Cariosan envelope"
+                (
+                    "not_an_envelope",
+                    "its stored body is not a Cariosan envelope",
+                )
             };
             let record = Record::Dead {
                 outcome: "failed",
+                kind,
                 error: error.to_owned(),
             };
             self.record(tx, claimed, record, None).await;
@@ -487,7 +604,9 @@ impl<S: Clone + Send + Sync + 'static> Shared<S> {
             tracing::warn!(error = %postgres_error(error), "could not start the run");
             return;
         }
-        let watch = tx.pid().map(|pid| inbox.config.monitor.watch(pid));
+        let watch = tx
+            .session()
+            .map(|session| inbox.config.monitor.watch(session));
         let session_lost = async {
             match &watch {
                 Some(watch) => watch.lost().cancelled().await,
@@ -497,7 +616,7 @@ impl<S: Clone + Send + Sync + 'static> Shared<S> {
         let handle = Tx::new(tx);
         let mut resources = Extensions::new();
         resources.insert(handle.clone());
-        resources.insert(Generation(u64::from(claimed.attempt.unsigned_abs())));
+        resources.insert(Generation(claimed.generation.unsigned_abs()));
         let started = tokio::time::Instant::now();
         crate::metrics::run_started();
         let ran = tokio::select! {
@@ -525,13 +644,10 @@ impl<S: Clone + Send + Sync + 'static> Shared<S> {
             // A statement of the dropped handlers may still run on the
             // server, holding its locks: cancel it before rolling back.
             tx.cancel_statement().await;
-            if !tx
-                .execute_after_cancel("ROLLBACK TO SAVEPOINT cariosan_handlers")
-                .await
-            {
+            if !tx.execute_after_cancel(TO_SAVEPOINT).await {
                 crate::metrics::store_error("inbox_finish");
-                tracing::error!("could not roll a cancelled run back; its transaction is abandoned and the attempt will show as lost");
-                tx.cancel_and_rollback().await;
+                tracing::error!("could not roll a cancelled run back; its session is ended and the attempt will show as lost");
+                tx.abandon().await;
                 return;
             }
         }
@@ -541,24 +657,31 @@ impl<S: Clone + Send + Sync + 'static> Shared<S> {
             Ran::Outcome(Outcome::Ignored) => Record::Done("ignored"),
             Ran::Outcome(Outcome::GivenUp(error)) => Record::Dead {
                 outcome: "given_up",
+                kind: "given_up",
                 error: error.to_string(),
             },
             Ran::Outcome(Outcome::RetryLater(error)) => Record::Retry {
+                kind: "retry_later",
                 after: schedule.retry_later(error.retry_after().unwrap_or_default()),
                 error: format!("retry later: {error}"),
             },
-            Ran::Outcome(failed) => Record::Retry {
-                after: schedule.delay(&claimed.id, claimed.attempt.unsigned_abs()),
-                error: match failed {
-                    Outcome::Failed(error) => error.to_string(),
-                    Outcome::Panicked => "a handler panicked".to_owned(),
-                    Outcome::Malformed => "the event's data does not fit the model and no on_malformed handler took it".to_owned(),
-                    other => format!("the handlers answered {}", other.code()),
-                },
-            },
+            Ran::Outcome(failed) => {
+                let (kind, error) = match failed {
+                    Outcome::Failed(error) => ("failed", error.to_string()),
+                    Outcome::Panicked => ("panicked", "a handler panicked".to_owned()),
+                    Outcome::Malformed => ("malformed", "the event's data does not fit the model and no on_malformed handler took it".to_owned()),
+                    other => ("failed", format!("the handlers answered {}", other.code())),
+                };
+                Record::Retry {
+                    kind,
+                    after: schedule.delay(&claimed.id, claimed.attempt.unsigned_abs()),
+                    error,
+                }
+            }
             Ran::TimedOut => {
                 crate::metrics::run_cancelled("max_run_time");
                 Record::Retry {
+                    kind: "max_run_time",
                     after: schedule.delay(&claimed.id, claimed.attempt.unsigned_abs()),
                     error: format!(
                         "the run passed max_run_time ({:?}) and was cancelled",
@@ -573,14 +696,28 @@ impl<S: Clone + Send + Sync + 'static> Shared<S> {
                 Record::Again
             }
         };
-        // A cut-off run was rolled back to the savepoint above.
-        if !cut_off && !matches!(record, Record::Done(_)) {
-            if let Err(error) = sqlx::query("ROLLBACK TO SAVEPOINT cariosan_handlers")
-                .execute(&mut *tx)
-                .await
-            {
+        // A cut-off run was rolled back to the savepoint above; a handled
+        // or given-up run keeps its effects, committed with its record.
+        let keeps_effects = matches!(
+            record,
+            Record::Done(_)
+                | Record::Dead {
+                    outcome: "given_up",
+                    ..
+                }
+        );
+        if !cut_off && !keeps_effects {
+            // A handler may have dropped a statement of its own half-way
+            // (a timeout of its own, say): cancel it if the first try fails.
+            let mut rolled_back = tx.execute_after_cancel(TO_SAVEPOINT).await;
+            if !rolled_back {
+                tx.cancel_statement().await;
+                rolled_back = tx.execute_after_cancel(TO_SAVEPOINT).await;
+            }
+            if !rolled_back {
                 crate::metrics::store_error("inbox_finish");
-                tracing::error!(error = %postgres_error(error), "could not roll the handlers' effects back; the whole transaction is abandoned and the attempt will show as lost");
+                tracing::error!("could not roll the handlers' effects back; the run's session is ended and the attempt will show as lost");
+                tx.abandon().await;
                 return;
             }
         }
@@ -601,79 +738,104 @@ impl<S: Clone + Send + Sync + 'static> Shared<S> {
     ) {
         let inbox = &self.inbox;
         let table = inbox.table();
+        let deleted = inbox.holds_deleted_text("row");
         let now = inbox.now();
         let max_attempts = inbox.config.schedule.attempts();
         let record = match record {
-            Record::Retry { error, .. } if claimed.attempt.unsigned_abs() >= max_attempts => {
+            Record::Retry { kind, error, .. } if claimed.attempt.unsigned_abs() >= max_attempts => {
                 Record::Dead {
                     outcome: "failed",
+                    kind,
                     error,
                 }
             }
             other => other,
         };
-        let (_label, result) = match &record {
+        let key = "WHERE row.tenant = $1 AND row.delivery_id = $2";
+        let result = match &record {
             Record::Done(outcome) => {
-                let keep = inbox.config.keep_done_bodies;
-                let written = sqlx::query(&format!(
-                    "UPDATE {table} SET status = 'done', outcome = $3, recorded_attempts = attempts, finished_at = $4, \
-                     body = CASE WHEN $5 THEN body END WHERE tenant = $1 AND delivery_id = $2"
-                ))
-                .bind(&claimed.tenant)
-                .bind(&claimed.id)
-                .bind(*outcome)
-                .bind(now)
-                .bind(keep)
-                .execute(&mut *tx)
-                .await;
-                let written = match (written, deleted_message) {
-                    (Ok(_), Some(message)) => {
-                        drop_bodies_of(&mut tx, &table, &claimed.tenant, &claimed.id, message, now)
-                            .await
+                let mut written = Ok(());
+                if let Some(message) = deleted_message {
+                    // First, so that this row's own body goes as well; rows
+                    // that finish later, and late copies, check it.
+                    written = sqlx::query(&format!(
+                        "INSERT INTO {} (tenant, message_id, deleted_at) VALUES ($1, $2, $3) \
+                         ON CONFLICT DO NOTHING",
+                        inbox.deleted_table()
+                    ))
+                    .bind(&claimed.tenant)
+                    .bind(message)
+                    .bind(now)
+                    .execute(&mut *tx)
+                    .await
+                    .map(drop);
+                }
+                if written.is_ok() {
+                    written = sqlx::query(&format!(
+                        "UPDATE {table} AS row SET status = 'done', outcome = $3, \
+                           recorded_attempts = row.attempts, finished_at = $4, \
+                           body = CASE WHEN $5 AND NOT {deleted} THEN row.body END, \
+                           last_error = NULL, error_kind = NULL {key}"
+                    ))
+                    .bind(&claimed.tenant)
+                    .bind(&claimed.id)
+                    .bind(*outcome)
+                    .bind(now)
+                    .bind(inbox.config.keep_done_bodies)
+                    .execute(&mut *tx)
+                    .await
+                    .map(drop);
+                }
+                match (written, deleted_message) {
+                    (Ok(()), Some(message)) => {
+                        drop_bodies_of(&mut tx, &table, &claimed.tenant, message, now).await
                     }
-                    (written, _) => written.map(drop),
-                };
-                ("done", written)
+                    (written, _) => written,
+                }
             }
-            Record::Retry { error, after } => {
-                let written = sqlx::query(&format!(
-                    "UPDATE {table} SET last_error = $3, due_at = $4, recorded_attempts = attempts \
-                     WHERE tenant = $1 AND delivery_id = $2"
-                ))
-                .bind(&claimed.tenant)
-                .bind(&claimed.id)
-                .bind(crate::truncated(error, MAX_ERROR_LEN))
-                .bind(now + *after)
-                .execute(&mut *tx)
-                .await;
-                ("retry", written.map(drop))
-            }
-            Record::Dead { outcome, error } => {
-                let written = sqlx::query(&format!(
-                    "UPDATE {table} SET status = 'dead', outcome = $3, last_error = $4, recorded_attempts = attempts, \
-                     finished_at = $5 WHERE tenant = $1 AND delivery_id = $2"
-                ))
-                .bind(&claimed.tenant)
-                .bind(&claimed.id)
-                .bind(*outcome)
-                .bind(crate::truncated(error, MAX_ERROR_LEN))
-                .bind(now)
-                .execute(&mut *tx)
-                .await;
-                ("dead", written.map(drop))
-            }
-            Record::Again => {
-                let written = sqlx::query(&format!(
-                    "UPDATE {table} SET attempts = attempts - 1, recorded_attempts = attempts - 1, due_at = $3 \
-                     WHERE tenant = $1 AND delivery_id = $2"
-                ))
-                .bind(&claimed.tenant)
-                .bind(&claimed.id)
-                .bind(now)
-                .execute(&mut *tx)
-                .await;
-                ("again", written.map(drop))
-            }
+            Record::Retry { kind, error, after } => sqlx::query(&format!(
+                "UPDATE {table} AS row SET last_error = CASE WHEN {deleted} THEN NULL ELSE $3 END, \
+                   error_kind = $5, due_at = $4, recorded_attempts = row.attempts {key}"
+            ))
+            .bind(&claimed.tenant)
+            .bind(&claimed.id)
+            .bind(crate::truncated(error, MAX_ERROR_LEN))
+            .bind(now + *after)
+            .bind(*kind)
+            .execute(&mut *tx)
+            .await
+            .map(drop),
+            Record::Dead {
+                outcome,
+                kind,
+                error,
+            } => sqlx::query(&format!(
+                "UPDATE {table} AS row SET status = 'dead', outcome = $3, error_kind = $6, \
+                   last_error = CASE WHEN {deleted} THEN NULL ELSE $4 END, \
+                   body = CASE WHEN {deleted} THEN NULL ELSE row.body END, \
+                   give_up_pending = $7, recorded_attempts = row.attempts, finished_at = $5 {key}"
+            ))
+            .bind(&claimed.tenant)
+            .bind(&claimed.id)
+            .bind(*outcome)
+            .bind(crate::truncated(error, MAX_ERROR_LEN))
+            .bind(now)
+            .bind(*kind)
+            // A handler's give-up ran the hook inside this transaction.
+            .bind(*outcome != "given_up")
+            .execute(&mut *tx)
+            .await
+            .map(drop),
+            Record::Again => sqlx::query(&format!(
+                "UPDATE {table} AS row SET attempts = row.attempts - 1, \
+                   recorded_attempts = row.attempts - 1, due_at = $3 {key}"
+            ))
+            .bind(&claimed.tenant)
+            .bind(&claimed.id)
+            .bind(now)
+            .execute(&mut *tx)
+            .await
+            .map(drop),
         };
         let committed = match result {
             Ok(()) => tx.commit().await.map_err(CommitError::into_store_error),
@@ -692,17 +854,25 @@ impl<S: Clone + Send + Sync + 'static> Shared<S> {
                 crate::metrics::inbox_run("done", &claimed.event_type);
                 tracing::info!(outcome, "inbox delivery done");
             }
-            Record::Retry { error, after } => {
+            Record::Retry {
+                kind, error, after, ..
+            } => {
                 crate::metrics::inbox_run("retry", &claimed.event_type);
-                tracing::warn!(%error, retry_in = ?after, "inbox run failed; it will be retried");
+                tracing::warn!(kind, %error, retry_in = ?after, "inbox run failed; it will be retried");
             }
-            Record::Dead { outcome, error } => {
+            Record::Dead {
+                outcome,
+                kind,
+                error,
+            } => {
                 crate::metrics::inbox_run("dead", &claimed.event_type);
-                tracing::error!(outcome, %error, "inbox delivery is dead; replay it after a fix");
-                // A handler's give-up ran the hook already.
-                if outcome != "given_up" {
-                    self.report_dead(&claimed.id, &claimed.event_type, claimed.attempt, error)
-                        .await;
+                tracing::error!(outcome, kind, %error, "inbox delivery is dead; replay it after a fix");
+                if outcome != "given_up"
+                    && self
+                        .report_dead(&claimed.id, &claimed.event_type, claimed.attempt, error)
+                        .await
+                {
+                    self.give_up_reported(&claimed.tenant, &claimed.id).await;
                 }
             }
             Record::Again => {
@@ -712,39 +882,54 @@ impl<S: Clone + Send + Sync + 'static> Shared<S> {
     }
 }
 
-/// A `message.deleted` was handled: no stored body may keep its message's
-/// text. Finished rows that hold it lose their body; queued copies of that
-/// message itself (an edit still retrying, say) are superseded. Rows running
-/// now are skipped: they drop their body as they finish, if they succeed.
+/// The event types whose body is the content of the message they name
+/// first: a deletion of that message supersedes them.
+pub(super) const CONTENT_EVENTS: &str =
+    "('message.created', 'message.updated', 'message.mentioned')";
+
+/// A `message.deleted` was handled (and recorded in `deleted_messages`):
+/// no stored text of its message may stay. Finished rows that hold it lose
+/// their body and their error's text; queued content events of that
+/// message itself (an edit still retrying, say) are superseded; other
+/// queued rows that hold it (a moderation action, a reply quoting it) lose
+/// their error's text now and their body when they finish, as do rows
+/// running now.
 async fn drop_bodies_of(
     tx: &mut RunTx,
     table: &str,
     tenant: &str,
-    deleting: &str,
     message: &str,
     now: OffsetDateTime,
 ) -> Result<(), sqlx::Error> {
+    let holding = "tenant = $1 AND message_ids @> ARRAY[$2]";
     sqlx::query(&format!(
-        "UPDATE {table} SET body = NULL WHERE (tenant, delivery_id) IN ( \
-           SELECT tenant, delivery_id FROM {table} WHERE tenant = $1 AND message_ids @> ARRAY[$2] \
-           AND delivery_id <> $3 AND body IS NOT NULL AND status <> 'queued' ORDER BY delivery_id FOR UPDATE)"
+        "UPDATE {table} SET body = NULL, last_error = NULL WHERE (tenant, delivery_id) IN ( \
+           SELECT tenant, delivery_id FROM {table} WHERE {holding} AND status <> 'queued' \
+           AND (body IS NOT NULL OR last_error IS NOT NULL) ORDER BY delivery_id FOR UPDATE)"
     ))
     .bind(tenant)
     .bind(message)
-    .bind(deleting)
     .execute(&mut **tx)
     .await?;
     sqlx::query(&format!(
-        "UPDATE {table} SET body = NULL, status = 'done', outcome = 'superseded', finished_at = $4, \
-         recorded_attempts = attempts WHERE (tenant, delivery_id) IN ( \
-           SELECT tenant, delivery_id FROM {table} WHERE tenant = $1 AND message_ids @> ARRAY[$2] \
-           AND message_ids[1] = $2 AND delivery_id <> $3 AND status = 'queued' ORDER BY delivery_id \
+        "UPDATE {table} SET body = NULL, last_error = NULL, status = 'done', outcome = 'superseded', \
+         finished_at = $3, recorded_attempts = attempts WHERE (tenant, delivery_id) IN ( \
+           SELECT tenant, delivery_id FROM {table} WHERE {holding} AND status = 'queued' \
+           AND message_ids[1] = $2 AND event_type IN {CONTENT_EVENTS} ORDER BY delivery_id \
            FOR UPDATE SKIP LOCKED)"
     ))
     .bind(tenant)
     .bind(message)
-    .bind(deleting)
     .bind(now)
+    .execute(&mut **tx)
+    .await?;
+    sqlx::query(&format!(
+        "UPDATE {table} SET last_error = NULL WHERE (tenant, delivery_id) IN ( \
+           SELECT tenant, delivery_id FROM {table} WHERE {holding} AND status = 'queued' \
+           AND last_error IS NOT NULL ORDER BY delivery_id FOR UPDATE SKIP LOCKED)"
+    ))
+    .bind(tenant)
+    .bind(message)
     .execute(&mut **tx)
     .await?;
     Ok(())
