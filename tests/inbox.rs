@@ -16,7 +16,7 @@ use axum::routing::post_service;
 use axum::Router;
 use cariosan_webhooks::dispatch::EventSelector;
 use cariosan_webhooks::model::Event;
-use cariosan_webhooks::store::postgres::sqlx::{self, postgres::PgPoolOptions, PgPool};
+use cariosan_webhooks::store::postgres::sqlx::{self, PgPool};
 use cariosan_webhooks::store::postgres::{
     Inbox, InboxEntry, InboxError, InboxStatus, ListFilter, ManualClock, RetrySchedule, Tx,
 };
@@ -30,18 +30,9 @@ use common::*;
 use futures_util::StreamExt;
 use time::OffsetDateTime;
 
-async fn pool(server: &PostgresServer, size: u32) -> PgPool {
-    PgPoolOptions::new()
-        .max_connections(size)
-        .acquire_timeout(Duration::from_secs(2))
-        .connect(&server.url())
-        .await
-        .unwrap()
-}
-
 /// A migrated inbox with an `effects` table beside it.
 async fn inbox(server: &PostgresServer, size: u32) -> Inbox {
-    let inbox = Inbox::new(pool(server, size).await);
+    let inbox = Inbox::new(server.pool(size).await);
     inbox.migrate().await.unwrap();
     sqlx::query("CREATE TABLE IF NOT EXISTS effects (delivery_id text NOT NULL, attempt integer)")
         .execute(inbox.pool())
@@ -738,7 +729,7 @@ async fn ten_thousand_deliveries_through_two_inbox_replicas() {
     assert_eq!(report.acknowledged, DELIVERIES, "{report:?}");
     assert!(report.never_acknowledged.is_empty(), "{report:?}");
     assert!(report.redeliveries_not_duplicate.is_empty(), "{report:?}");
-    let check = pool(&server, 2).await;
+    let check = server.pool(2).await;
     let started = Instant::now();
     loop {
         let queued: i64 = sqlx::query_scalar(
@@ -815,7 +806,7 @@ async fn a_receiver_killed_mid_handler_handles_the_row_once_after_a_restart() {
     let body = fixture("events/webhook.ping.json");
     let reply = send_signed(slow.addr, id, "webhook.ping", &body).await;
     assert_eq!((reply.status, reply.body.as_str()), (202, "queued"));
-    let check = pool(&server, 2).await;
+    let check = server.pool(2).await;
     // Wait until the row's transaction has written the application's row.
     let started = Instant::now();
     loop {
@@ -903,7 +894,7 @@ async fn a_handler_that_aborts_its_process_every_time_ends_dead_after_the_last_a
     )
     .await;
     assert_eq!(reply.status, 202);
-    let check = pool(&server, 2).await;
+    let check = server.pool(2).await;
     let status = || async {
         sqlx::query_as::<_, (String, i32, Option<String>)>(
             "SELECT status, attempts, last_error FROM cariosan_webhooks.inbox WHERE delivery_id = $1",

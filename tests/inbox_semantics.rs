@@ -23,17 +23,8 @@ use common::postgres_server::PostgresServer;
 use common::*;
 use serde_json::{json, Value};
 
-async fn pool(server: &PostgresServer, size: u32) -> PgPool {
-    PgPoolOptions::new()
-        .max_connections(size)
-        .acquire_timeout(Duration::from_secs(2))
-        .connect(&server.url())
-        .await
-        .unwrap()
-}
-
 async fn inbox(server: &PostgresServer, schedule: RetrySchedule) -> Inbox {
-    let inbox = Inbox::new(pool(server, 8).await).retry(schedule);
+    let inbox = Inbox::new(server.pool(8).await).retry(schedule);
     inbox.migrate().await.unwrap();
     sqlx::query("CREATE TABLE IF NOT EXISTS effects (delivery_id text NOT NULL, note text)")
         .execute(inbox.pool())
@@ -630,8 +621,11 @@ fn on_give_up_runs_after_its_process_died_between_the_dead_commit_and_the_hook()
                     started.store(true, Ordering::SeqCst);
                     std::future::pending()
                 });
+            // Its hook's lease (the time limit, then 10 s) is what the
+            // next process waits before it runs the hook again.
             let _workers = inbox
                 .workers(webhooks)
+                .max_run_time(Duration::from_secs(2))
                 .poll_interval(Duration::from_millis(20))
                 .start();
             let addr = ingest(&inbox).await;
@@ -656,7 +650,7 @@ fn on_give_up_runs_after_its_process_died_between_the_dead_commit_and_the_hook()
     // The restarted process runs the hook it owes, once.
     let runtime = tokio::runtime::Runtime::new().unwrap();
     runtime.block_on(async {
-        let inbox = Inbox::new(pool(&server, 4).await).retry(RetrySchedule::new().max_attempts(1));
+        let inbox = Inbox::new(server.pool(4).await).retry(RetrySchedule::new().max_attempts(1));
         inbox.migrate().await.unwrap();
         let hooks = Arc::new(AtomicUsize::new(0));
         let counted = hooks.clone();

@@ -26,15 +26,6 @@ use cariosan_webhooks::{CariosanWebhookLayer, Delivery, HandlerResult, Webhooks}
 use common::postgres_server::PostgresServer;
 use common::*;
 
-async fn pool(server: &PostgresServer, size: u32) -> PgPool {
-    PgPoolOptions::new()
-        .max_connections(size)
-        .acquire_timeout(Duration::from_secs(2))
-        .connect(&server.url())
-        .await
-        .unwrap()
-}
-
 async fn setup_tables(pool: &PgPool) {
     for sql in [
         "CREATE TABLE IF NOT EXISTS effects (delivery_id text NOT NULL, attempt integer)",
@@ -138,7 +129,7 @@ fn stuck_on_first_attempt() -> Webhooks {
 
 /// A session that holds the row `locked.id = 1` locked until it drops.
 async fn hold_row_lock(server: &PostgresServer) -> sqlx::Transaction<'static, sqlx::Postgres> {
-    let holder = pool(server, 1).await;
+    let holder = server.pool(1).await;
     let mut tx = holder.begin().await.unwrap();
     sqlx::query("SELECT n FROM locked WHERE id = 1 FOR UPDATE")
         .execute(&mut *tx)
@@ -173,7 +164,7 @@ async fn an_abandoned_begin_leaves_no_connection_in_a_transaction() {
             post_service(stuck_on_first_attempt()).layer(layer),
         ))
         .await;
-        let check = pool(&server, 2).await;
+        let check = server.pool(2).await;
 
         // The pool's one connection: its backend stops answering.
         let pid: i32 = sqlx::query_scalar("SELECT pg_backend_pid()")
@@ -228,7 +219,7 @@ async fn an_abandoned_begin_leaves_no_connection_in_a_transaction() {
 #[ignore = "needs PostgreSQL (initdb, pg_ctl); .ci/run installs postgresql and runs the ignored tests"]
 async fn transactional_max_run_time_cancels_the_statement_on_the_server() {
     let server = PostgresServer::start();
-    let app_pool = pool(&server, 8).await;
+    let app_pool = server.pool(8).await;
     let backend = PostgresBackend::new(app_pool.clone());
     backend.migrate().await.unwrap();
     setup_tables(&app_pool).await;
@@ -242,7 +233,7 @@ async fn transactional_max_run_time_cancels_the_statement_on_the_server() {
         post_service(stuck_on_first_attempt()).layer(layer),
     ))
     .await;
-    let check = pool(&server, 2).await;
+    let check = server.pool(2).await;
     let _lock = hold_row_lock(&server).await;
 
     for (content, needle) in NEEDLES {
@@ -277,7 +268,7 @@ async fn transactional_max_run_time_cancels_the_statement_on_the_server() {
 }
 
 async fn inbox_with(server: &PostgresServer, schedule: RetrySchedule) -> Inbox {
-    let inbox = Inbox::new(pool(server, 8).await).retry(schedule);
+    let inbox = Inbox::new(server.pool(8).await).retry(schedule);
     inbox.migrate().await.unwrap();
     setup_tables(inbox.pool()).await;
     inbox
@@ -322,7 +313,7 @@ async fn inbox_max_run_time_cancels_the_statement_on_the_server() {
         .poll_interval(Duration::from_millis(50))
         .start();
     let addr = ingest_endpoint(&inbox).await;
-    let check = pool(&server, 2).await;
+    let check = server.pool(2).await;
     let _lock = hold_row_lock(&server).await;
 
     for (content, needle) in NEEDLES {
@@ -351,11 +342,11 @@ async fn inbox_max_run_time_cancels_the_statement_on_the_server() {
 #[ignore = "needs PostgreSQL (initdb, pg_ctl); .ci/run installs postgresql and runs the ignored tests"]
 async fn a_drain_past_its_deadline_stops_statements_on_the_server_in_both_modes() {
     let server = PostgresServer::start();
-    let app_pool = pool(&server, 8).await;
+    let app_pool = server.pool(8).await;
     let backend = PostgresBackend::new(app_pool.clone());
     backend.migrate().await.unwrap();
     setup_tables(&app_pool).await;
-    let check = pool(&server, 2).await;
+    let check = server.pool(2).await;
     let _lock = hold_row_lock(&server).await;
     let deadline = Duration::from_secs(1);
     let bound = deadline + cariosan_webhooks::delivery::CANCEL_GRACE + Duration::from_millis(300);
@@ -421,7 +412,7 @@ async fn a_drain_past_its_deadline_stops_statements_on_the_server_in_both_modes(
 #[ignore = "needs PostgreSQL (initdb, pg_ctl); .ci/run installs postgresql and runs the ignored tests"]
 async fn copies_of_handled_deliveries_are_always_duplicates() {
     let server = PostgresServer::start();
-    let app_pool = pool(&server, 30).await;
+    let app_pool = server.pool(30).await;
     let backend = PostgresBackend::new(app_pool.clone());
     backend.migrate().await.unwrap();
     setup_tables(&app_pool).await;
@@ -556,11 +547,11 @@ async fn until_pid(pid: &AtomicI32) -> i32 {
 #[ignore = "needs PostgreSQL (initdb, pg_ctl); .ci/run installs postgresql and runs the ignored tests"]
 async fn transactional_a_lost_session_cancels_its_run_before_a_copy_starts() {
     let server = PostgresServer::start();
-    let app_pool = pool(&server, 8).await;
+    let app_pool = server.pool(8).await;
     let backend = PostgresBackend::new(app_pool.clone());
     backend.migrate().await.unwrap();
     setup_tables(&app_pool).await;
-    let check = pool(&server, 2).await;
+    let check = server.pool(2).await;
 
     for how in ["terminate", "idle"] {
         let runs = Runs::default();
@@ -632,7 +623,7 @@ async fn inbox_a_lost_session_cancels_its_run_before_another_worker_claims_it() 
         .first_delay(Duration::from_millis(100))
         .jitter(0.0);
     let inbox = inbox_with(&server, schedule).await;
-    let check = pool(&server, 2).await;
+    let check = server.pool(2).await;
     let runs = Runs::default();
     let pid = Arc::new(AtomicI32::new(0));
     let workers = inbox
@@ -670,12 +661,12 @@ async fn inbox_a_lost_session_cancels_its_run_before_another_worker_claims_it() 
 #[ignore = "needs PostgreSQL (initdb, pg_ctl); .ci/run installs postgresql and runs the ignored tests"]
 async fn a_repeatable_read_default_still_runs_each_delivery_once_in_read_committed() {
     let server = PostgresServer::start();
-    let admin = pool(&server, 1).await;
+    let admin = server.pool(1).await;
     sqlx::query("ALTER DATABASE postgres SET default_transaction_isolation = 'repeatable read'")
         .execute(&admin)
         .await
         .unwrap();
-    let app_pool = pool(&server, 30).await;
+    let app_pool = server.pool(30).await;
     let default: String = sqlx::query_scalar("SHOW default_transaction_isolation")
         .fetch_one(&app_pool)
         .await

@@ -126,17 +126,23 @@ impl PostgresServer {
         self.dir.join("data").display().to_string()
     }
 
-    fn run(&self, tool: &str, args: &[&str]) {
+    /// `tool` of the cluster's PostgreSQL, as the cluster's user.
+    fn command(&self, tool: &str) -> Command {
         let program = self.bin.join(tool);
-        let mut command = match self.as_user {
+        match self.as_user {
             Some(user) => {
                 let mut c = Command::new("runuser");
                 c.args(["-u", user, "--"]).arg(&program);
                 c
             }
             None => Command::new(&program),
-        };
-        let output = command
+        }
+    }
+
+    fn run(&self, tool: &str, args: &[&str]) {
+        let program = self.bin.join(tool);
+        let output = self
+            .command(tool)
             .args(args)
             .current_dir(&self.dir)
             .output()
@@ -152,17 +158,9 @@ impl PostgresServer {
     /// `pg_dump --data-only` of `schema`: every row as the dump holds it
     /// (`bytea` as hex), for tests that check what the tables keep.
     pub fn dump_data(&self, schema: &str) -> String {
-        let program = self.bin.join("pg_dump");
-        let mut command = match self.as_user {
-            Some(user) => {
-                let mut c = Command::new("runuser");
-                c.args(["-u", user, "--"]).arg(&program);
-                c
-            }
-            None => Command::new(&program),
-        };
         let port = self.port.to_string();
-        let output = command
+        let output = self
+            .command("pg_dump")
             .args([
                 "-h",
                 "127.0.0.1",
@@ -175,7 +173,7 @@ impl PostgresServer {
             .args(["--schema", schema, "postgres"])
             .current_dir(&self.dir)
             .output()
-            .unwrap_or_else(|e| panic!("{}: {e}", program.display()));
+            .unwrap_or_else(|e| panic!("pg_dump: {e}"));
         assert!(
             output.status.success(),
             "pg_dump failed: {}",
@@ -239,20 +237,30 @@ impl PostgresServer {
 
 impl Drop for PostgresServer {
     fn drop(&mut self) {
-        let program = self.bin.join("pg_ctl");
-        let mut command = match self.as_user {
-            Some(user) => {
-                let mut c = Command::new("runuser");
-                c.args(["-u", user, "--"]).arg(&program);
-                c
-            }
-            None => Command::new(&program),
-        };
-        let _ = command
+        let _ = self
+            .command("pg_ctl")
             .args(["-D", &self.data(), "-m", "immediate", "-w", "stop"])
             .stdout(Stdio::null())
             .stderr(Stdio::null())
             .status();
         let _ = std::fs::remove_dir_all(&self.dir);
+    }
+}
+
+// The benches include this file too: they always have the library's
+// `postgres`, but no feature of that name of their own.
+#[allow(unexpected_cfgs)]
+impl PostgresServer {
+    /// A pool of `size` connections to the cluster. Only where the crate's
+    /// feature `postgres` is on; the benches, which include this file too,
+    /// always have it but know no such feature of their own.
+    #[cfg(feature = "postgres")]
+    pub async fn pool(&self, size: u32) -> cariosan_webhooks::store::postgres::sqlx::PgPool {
+        cariosan_webhooks::store::postgres::sqlx::postgres::PgPoolOptions::new()
+            .max_connections(size)
+            .acquire_timeout(Duration::from_secs(2))
+            .connect(&self.url())
+            .await
+            .unwrap()
     }
 }

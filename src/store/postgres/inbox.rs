@@ -20,7 +20,7 @@ use tower_service::Service;
 use super::monitor::SessionMonitor;
 use super::schedule::{Clock, RetrySchedule, WallClock};
 use super::transaction::{CommitError, RunTx};
-use super::worker::CONTENT_EVENTS;
+use super::worker::{CONTENT_EVENTS, CONTENT_EVENT_TYPES};
 use super::{
     checked_retention, checked_schema, checked_wait, migrations, postgres_error,
     DEFAULT_ACQUIRE_TIMEOUT, DEFAULT_SCHEMA, NO_TENANT,
@@ -245,6 +245,19 @@ impl Inbox {
         )
     }
 
+    /// The advisory key of a message's deletion, as SQL over the tenant and
+    /// the message id. A deletion takes it exclusively before it records
+    /// the message; a run that finishes, and an ingest of a content event,
+    /// take it shared for the messages they hold first. So each either
+    /// commits before the deletion looks for it, or sees the deletion.
+    pub(super) fn deletion_key(&self, tenant: &str, message: &str) -> String {
+        format!(
+            "pg_catalog.hashtextextended('cariosan-webhooks deleted ' || '{}' || pg_catalog.chr(31) \
+             || {tenant} || pg_catalog.chr(31) || {message}, 0)",
+            self.config.schema
+        )
+    }
+
     /// The table of deleted messages.
     pub(super) fn deleted_table(&self) -> String {
         format!("{}.deleted_messages", self.config.schema)
@@ -296,11 +309,26 @@ impl Inbox {
             table = self.table(),
             deleted = self.deleted_table(),
         );
+        let ids = message_ids(delivery);
+        if CONTENT_EVENT_TYPES.contains(&delivery.event_type()) && !ids.is_empty() {
+            let locked = sqlx::query(&format!(
+                "SELECT pg_catalog.pg_advisory_xact_lock_shared({})",
+                self.deletion_key("$1", "$2")
+            ))
+            .bind(delivery.tenant().unwrap_or(NO_TENANT))
+            .bind(&ids[0])
+            .execute(&mut *tx)
+            .await;
+            if let Err(error) = locked {
+                tx.rollback().await;
+                return Err(postgres_error(error));
+            }
+        }
         let inserted = sqlx::query(&sql)
             .bind(delivery.tenant().unwrap_or(NO_TENANT))
             .bind(delivery.id().as_str())
             .bind(delivery.event_type())
-            .bind(message_ids(delivery))
+            .bind(ids)
             .bind(body)
             .bind(delivery.signed_at())
             .bind(delivery.attempt().and_then(|a| i32::try_from(a).ok()))
@@ -433,6 +461,8 @@ impl Inbox {
              outcome = CASE WHEN status = 'queued' THEN 'purged' ELSE outcome END, \
              last_error = CASE WHEN status = 'queued' THEN 'its body was purged before it was handled' ELSE last_error END, \
              finished_at = coalesce(finished_at, $3), \
+             give_up_pending = give_up_pending OR status = 'queued', \
+             give_up_due_at = CASE WHEN status = 'queued' THEN $3 ELSE give_up_due_at END, \
              status = CASE WHEN status = 'queued' THEN 'dead' ELSE status END \
              WHERE tenant = $1 AND delivery_id = $2 AND body IS NOT NULL",
             self.table()
@@ -468,9 +498,13 @@ impl Inbox {
             .map_err(postgres_error)?;
         // A deletion is remembered as long as a late copy of its message
         // would be recognised as a duplicate anyway.
+        // Kept while any row still names the message: one queued for long
+        // must still drop its text when it finishes.
         sqlx::query(&format!(
-            "DELETE FROM {} WHERE deleted_at < $1",
-            self.deleted_table()
+            "DELETE FROM {deleted} AS gone WHERE deleted_at < $1 AND NOT EXISTS ( \
+               SELECT 1 FROM {table} WHERE tenant = gone.tenant AND message_ids @> ARRAY[gone.message_id])",
+            deleted = self.deleted_table(),
+            table = self.table(),
         ))
         .bind(now - self.config.done_retention.max(self.config.dead_retention))
         .execute(&self.pool)
@@ -497,10 +531,20 @@ fn malformed_message_ids(data: &str) -> Vec<String> {
     let quoted = message
         .and_then(|m| m.get("quoted_message"))
         .and_then(|q| q.get("id"));
-    [
-        text(message.and_then(|m| m.get("id"))),
+    // The message's own id stays first, empty when it cannot be read, so
+    // that a quoted message is never taken for it.
+    let own = text(message.and_then(|m| m.get("id")));
+    let others = [
         text(quoted).or_else(|| text(message.and_then(|m| m.get("parent_id")))),
         text(data.get("message_id")),
+    ];
+    if own.is_none() && others.iter().all(Option::is_none) {
+        return Vec::new();
+    }
+    [
+        Some(own.unwrap_or_default()),
+        others[0].clone(),
+        others[1].clone(),
     ]
     .into_iter()
     .flatten()

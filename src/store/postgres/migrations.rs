@@ -56,8 +56,9 @@ const MIGRATIONS: &[(i64, &str, &str)] = &[
         "ALTER TABLE {schema}.inbox
             ADD COLUMN generation bigint NOT NULL DEFAULT 0,
             ADD COLUMN give_up_pending boolean NOT NULL DEFAULT false,
+            ADD COLUMN give_up_due_at timestamptz,
             ADD COLUMN error_kind text;
-        CREATE INDEX inbox_give_up_pending ON {schema}.inbox (finished_at) WHERE give_up_pending;
+        CREATE INDEX inbox_give_up_pending ON {schema}.inbox (give_up_due_at) WHERE give_up_pending;
         CREATE TABLE {schema}.deleted_messages (
             tenant text NOT NULL,
             message_id text NOT NULL,

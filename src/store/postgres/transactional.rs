@@ -328,6 +328,56 @@ impl Tx {
     }
 }
 
+/// For unit tests of handlers that take `Tx` (features `test-util` and
+/// `postgres`): the handler writes into a real transaction the test opens,
+/// the test reads what it wrote through [`conn`](Tx::conn), then rolls it
+/// all back.
+///
+/// ```no_run
+/// # async fn example(pool: cariosan_webhooks::store::postgres::sqlx::PgPool) -> Result<(), Box<dyn std::error::Error>> {
+/// use cariosan_webhooks::model::MessageCreated;
+/// use cariosan_webhooks::store::postgres::{sqlx, Tx};
+/// use cariosan_webhooks::test_util::{delivery, samples};
+/// use cariosan_webhooks::{Delivery, HandlerResult};
+///
+/// async fn save(event: Delivery<MessageCreated>, tx: Tx) -> HandlerResult {
+///     let mut conn = tx.conn().await?;
+///     sqlx::query("INSERT INTO messages (id) VALUES ($1)")
+///         .bind(event.message.id.as_str())
+///         .execute(&mut *conn)
+///         .await?;
+///     Ok(())
+/// }
+///
+/// let tx = Tx::begin_for_test(&pool).await?;
+/// save(delivery(samples::message_created()), tx.clone()).await.expect("saved");
+/// let saved: i64 = sqlx::query_scalar("SELECT count(*) FROM messages")
+///     .fetch_one(&mut *tx.conn().await.expect("open"))
+///     .await?;
+/// assert_eq!(saved, 1);
+/// tx.rollback_for_test().await; // the database is as it was
+/// # Ok(())
+/// # }
+/// ```
+#[cfg(feature = "test-util")]
+impl Tx {
+    /// Opens a transaction on `pool`, as a delivery's would be (`READ
+    /// COMMITTED`), for a handler under test.
+    pub async fn begin_for_test(pool: &PgPool) -> Result<Tx, StoreError> {
+        RunTx::begin(pool, DEFAULT_ACQUIRE_TIMEOUT, None)
+            .await
+            .map(Tx::new)
+    }
+
+    /// Rolls back everything written through this transaction, and ends it.
+    /// Dropping the last clone rolls back too, in the background.
+    pub async fn rollback_for_test(self) {
+        if let Some(tx) = self.take().await {
+            tx.rollback().await;
+        }
+    }
+}
+
 impl<S> FromDelivery<S> for Tx {
     fn from_delivery(cx: &DeliveryContext<'_, S>) -> Result<Self, HandlerError> {
         cx.resources().get::<Tx>().cloned().ok_or_else(|| {

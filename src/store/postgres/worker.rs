@@ -249,9 +249,19 @@ struct Claimed {
 
 async fn work<S: Clone + Send + Sync + 'static>(shared: Arc<Shared<S>>) {
     let mut swept = tokio::time::Instant::now();
+    let mut idle = true;
     loop {
         if shared.stop.is_cancelled() {
             return;
+        }
+        // Before a claim, never between a claim and its run: a sweep (and
+        // the hooks it runs) must not make a claimed row look lost.
+        if idle || swept.elapsed() >= SWEEP_EVERY {
+            swept = tokio::time::Instant::now();
+            if let Err(error) = shared.sweep().await {
+                crate::metrics::store_error("inbox_claim");
+                tracing::warn!(%error, "could not sweep the inbox for lost last attempts");
+            }
         }
         // The run's connection is taken before the claim, so that an
         // exhausted pool delays claims instead of burning attempts.
@@ -276,15 +286,10 @@ async fn work<S: Clone + Send + Sync + 'static>(shared: Arc<Shared<S>>) {
                 None
             }
         };
+        idle = !matches!(claimed, Ok(Claim::Run(_)));
         if matches!(claimed, Ok(Claim::LostRecorded)) {
+            idle = false;
             continue;
-        }
-        if !matches!(claimed, Ok(Claim::Run(_))) || swept.elapsed() >= SWEEP_EVERY {
-            swept = tokio::time::Instant::now();
-            if let Err(error) = shared.sweep().await {
-                crate::metrics::store_error("inbox_claim");
-                tracing::warn!(%error, "could not sweep the inbox for lost last attempts");
-            }
         }
         match claimed {
             Ok(Claim::Run(claimed)) => {
@@ -326,7 +331,11 @@ type ClaimedRow = (String, String, String, i32, i64, bool, Option<Vec<u8>>, i64)
 /// What a sweep returns of a row it marked dead: the key, the type, the
 /// attempts, whether the last was lost, and the error (gone when its
 /// message was deleted).
-type SweptRow = (String, String, String, i32, bool, Option<String>);
+type SweptRow = (String, String, String, i32, bool, Option<String>, i64);
+
+/// A dead row whose hook is owed: the key, the type, the attempts, the
+/// error, the generation.
+type OwedHook = (String, String, String, i32, Option<String>, i64);
 
 /// What a hook is told of an error whose text went with its message.
 const REDACTED_ERROR: &str = "its error's text was dropped with its deleted message";
@@ -437,70 +446,113 @@ impl<S: Clone + Send + Sync + 'static> Shared<S> {
             "UPDATE {table} AS row SET status = 'dead', \
                outcome = CASE WHEN row.attempts > row.recorded_attempts THEN 'lost' ELSE 'failed' END, \
                error_kind = CASE WHEN row.attempts > row.recorded_attempts THEN 'lost' ELSE row.error_kind END, \
-               last_error = CASE WHEN row.attempts > row.recorded_attempts THEN {LOST_RUN_ERROR} ELSE row.last_error END, \
-               recorded_attempts = row.attempts, finished_at = $1, give_up_pending = true \
+               last_error = CASE WHEN row.attempts > row.recorded_attempts THEN {LOST_RUN_ERROR} \
+                 WHEN {deleted} THEN NULL ELSE row.last_error END, \
+               body = CASE WHEN {deleted} THEN NULL ELSE row.body END, \
+               recorded_attempts = row.attempts, finished_at = $1, \
+               give_up_pending = true, give_up_due_at = $3 \
              FROM (SELECT tenant, delivery_id, attempts > recorded_attempts AS lost FROM {table} \
                    WHERE status = 'queued' AND due_at <= $1 AND attempts >= $2 \
                    ORDER BY due_at LIMIT 100 FOR UPDATE SKIP LOCKED) AS due \
              WHERE row.tenant = due.tenant AND row.delivery_id = due.delivery_id \
-             RETURNING row.tenant, row.delivery_id, row.event_type, row.attempts, due.lost, row.last_error"
+             RETURNING row.tenant, row.delivery_id, row.event_type, row.attempts, due.lost, \
+               row.last_error, row.generation",
+            deleted = inbox.holds_deleted_text("row"),
         ))
         .bind(now)
         .bind(i32::try_from(inbox.config.schedule.attempts()).unwrap_or(i32::MAX))
+        .bind(now + self.give_up_lease())
         .fetch_all(&inbox.pool)
         .await
         .map_err(postgres_error)?;
-        for (tenant, id, event_type, attempts, lost, error) in swept {
+        for (tenant, id, event_type, attempts, lost, error, generation) in swept {
             if lost {
                 crate::metrics::inbox_run("lost", &event_type);
             }
             crate::metrics::inbox_run("dead", &event_type);
             tracing::error!(delivery_id = %id, attempts, lost, "an inbox delivery is dead: it is out of attempts");
             let error = error.unwrap_or_else(|| REDACTED_ERROR.to_owned());
-            if self.report_dead(&id, &event_type, attempts, error).await {
-                self.give_up_reported(&tenant, &id).await;
-            }
+            self.report_dead_and_note(&tenant, &id, &event_type, attempts, error, generation)
+                .await;
         }
         self.retry_give_ups().await
     }
 
+    /// How long a dead row's hook is left to the run (or sweep) that killed
+    /// it before the workers run it again.
+    fn give_up_lease(&self) -> Duration {
+        self.hook_limit() + GIVE_UP_RETRY_AFTER
+    }
+
+    /// How long an `on_give_up` hook may take: `max_run_time`, at most
+    /// 30 s, since a dead letter is one write.
+    fn hook_limit(&self) -> Duration {
+        self.max_run_time.min(Duration::from_secs(30))
+    }
+
     /// Runs the `on_give_up` hook of dead rows whose hook has not succeeded
     /// yet: it failed, or its process died between the row's `dead` commit
-    /// and the hook. Each row is locked while its hook runs, so replicas
-    /// take turns.
+    /// and the hook. Each row is leased (its next try moved past this one's
+    /// time limit) in a statement that commits at once, so replicas take
+    /// turns and no row lock is held while a hook runs.
     async fn retry_give_ups(&self) -> Result<(), StoreError> {
         let inbox = &self.inbox;
         let table = inbox.table();
-        let mut tx = RunTx::begin(
-            &inbox.pool,
-            inbox.config.acquire_timeout,
-            Some(self.max_run_time),
-        )
-        .await?;
-        let owed: Vec<(String, String, String, i32, Option<String>)> = sqlx::query_as(&format!(
-            "SELECT tenant, delivery_id, event_type, attempts, last_error FROM {table} \
-             WHERE give_up_pending AND status = 'dead' AND finished_at <= $1 \
-             ORDER BY finished_at LIMIT 10 FOR UPDATE SKIP LOCKED"
+        let now = inbox.now();
+        let owed: Vec<OwedHook> = sqlx::query_as(&format!(
+            "UPDATE {table} AS row SET give_up_due_at = $2 \
+             FROM (SELECT tenant, delivery_id FROM {table} \
+                   WHERE give_up_pending AND status = 'dead' AND give_up_due_at <= $1 \
+                   ORDER BY give_up_due_at LIMIT 10 FOR UPDATE SKIP LOCKED) AS due \
+             WHERE row.tenant = due.tenant AND row.delivery_id = due.delivery_id \
+             RETURNING row.tenant, row.delivery_id, row.event_type, row.attempts, row.last_error, \
+               row.generation"
         ))
-        .bind(inbox.now() - GIVE_UP_RETRY_AFTER)
-        .fetch_all(&mut *tx)
+        .bind(now)
+        .bind(now + self.give_up_lease())
+        .fetch_all(&inbox.pool)
         .await
         .map_err(postgres_error)?;
-        for (tenant, id, event_type, attempts, error) in owed {
+        for (tenant, id, event_type, attempts, error, generation) in owed {
             let error = error.unwrap_or_else(|| REDACTED_ERROR.to_owned());
-            if !self.report_dead(&id, &event_type, attempts, error).await {
-                continue;
+            if !self
+                .report_dead_and_note(&tenant, &id, &event_type, attempts, error, generation)
+                .await
+            {
+                let again = sqlx::query(&format!(
+                    "UPDATE {table} SET give_up_due_at = $4 \
+                     WHERE tenant = $1 AND delivery_id = $2 AND generation = $3 AND give_up_pending"
+                ))
+                .bind(&tenant)
+                .bind(&id)
+                .bind(generation)
+                .bind(inbox.now() + GIVE_UP_RETRY_AFTER)
+                .execute(&inbox.pool)
+                .await;
+                if let Err(error) = again {
+                    tracing::warn!(error = %postgres_error(error), "could not schedule an on_give_up hook's next try");
+                }
             }
-            sqlx::query(&format!(
-                "UPDATE {table} SET give_up_pending = false WHERE tenant = $1 AND delivery_id = $2"
-            ))
-            .bind(&tenant)
-            .bind(&id)
-            .execute(&mut *tx)
-            .await
-            .map_err(postgres_error)?;
         }
-        tx.commit().await.map_err(CommitError::into_store_error)
+        Ok(())
+    }
+
+    /// Runs a dead row's hook and, when it succeeds, notes that it ran;
+    /// whether it succeeded.
+    async fn report_dead_and_note(
+        &self,
+        tenant: &str,
+        id: &str,
+        event_type: &str,
+        attempts: i32,
+        error: String,
+        generation: i64,
+    ) -> bool {
+        let reported = self.report_dead(id, event_type, attempts, error).await;
+        if reported {
+            self.give_up_reported(tenant, id, generation).await;
+        }
+        reported
     }
 
     /// Runs the `on_give_up` hook for a dead row; whether it succeeded.
@@ -512,7 +564,9 @@ impl<S: Clone + Send + Sync + 'static> Shared<S> {
             attempt: Some(attempts.unsigned_abs()),
             error: HandlerError::msg(error),
         };
-        match self.webhooks.report_given_up(given_up).await {
+        let reported =
+            tokio::time::timeout(self.hook_limit(), self.webhooks.report_given_up(given_up)).await;
+        match reported.unwrap_or_else(|_| Err(HandlerError::msg("it passed its time limit"))) {
             Ok(()) => true,
             Err(error) => {
                 tracing::error!(%error, retry_in = ?GIVE_UP_RETRY_AFTER, "the on_give_up hook failed for a dead inbox delivery; it will be run again");
@@ -521,14 +575,18 @@ impl<S: Clone + Send + Sync + 'static> Shared<S> {
         }
     }
 
-    /// Notes that a dead row's `on_give_up` hook succeeded.
-    async fn give_up_reported(&self, tenant: &str, id: &str) {
+    /// Notes that a dead row's `on_give_up` hook succeeded, unless the row
+    /// was claimed again since (replayed, and dead again: that death's hook
+    /// is owed anew).
+    async fn give_up_reported(&self, tenant: &str, id: &str, generation: i64) {
         let cleared = sqlx::query(&format!(
-            "UPDATE {} SET give_up_pending = false WHERE tenant = $1 AND delivery_id = $2",
+            "UPDATE {} SET give_up_pending = false \
+             WHERE tenant = $1 AND delivery_id = $2 AND generation = $3",
             self.inbox.table()
         ))
         .bind(tenant)
         .bind(id)
+        .bind(generation)
         .execute(&self.inbox.pool)
         .await;
         if let Err(error) = cleared {
@@ -555,10 +613,17 @@ impl<S: Clone + Send + Sync + 'static> Shared<S> {
         // waits rather than skips: another worker's claim may hold the row
         // for a moment (a row it locked and then found not due stays
         // locked until its statement commits).
-        let locked = sqlx::query(&format!(
-            "SELECT 1 FROM {table} \
-             WHERE tenant = $1 AND delivery_id = $2 AND status = 'queued' AND generation = $3 \
-             FOR UPDATE"
+        // A content event of a message whose deletion was handled since it
+        // was stored (a retry of an edit, a copy stored while the deletion
+        // committed) is superseded here rather than run.
+        let locked: Result<Option<bool>, _> = sqlx::query_scalar(&format!(
+            "SELECT row.event_type IN {CONTENT_EVENTS} AND EXISTS (SELECT 1 FROM {deleted} AS gone \
+               WHERE gone.tenant = row.tenant AND gone.message_id = row.message_ids[1]) \
+             FROM {table} AS row \
+             WHERE row.tenant = $1 AND row.delivery_id = $2 AND row.status = 'queued' \
+               AND row.generation = $3 \
+             FOR UPDATE",
+            deleted = inbox.deleted_table(),
         ))
         .bind(&claimed.tenant)
         .bind(&claimed.id)
@@ -566,7 +631,12 @@ impl<S: Clone + Send + Sync + 'static> Shared<S> {
         .fetch_optional(&mut *tx)
         .await;
         match locked {
-            Ok(Some(_)) => {}
+            Ok(Some(false)) => {}
+            Ok(Some(true)) => {
+                self.record(tx, claimed, Record::Done("superseded"), None)
+                    .await;
+                return;
+            }
             Ok(None) => return,
             Err(error) => {
                 crate::metrics::store_error("inbox_claim");
@@ -752,90 +822,121 @@ impl<S: Clone + Send + Sync + 'static> Shared<S> {
             other => other,
         };
         let key = "WHERE row.tenant = $1 AND row.delivery_id = $2";
-        let result = match &record {
-            Record::Done(outcome) => {
-                let mut written = Ok(());
-                if let Some(message) = deleted_message {
-                    // First, so that this row's own body goes as well; rows
-                    // that finish later, and late copies, check it.
-                    written = sqlx::query(&format!(
-                        "INSERT INTO {} (tenant, message_id, deleted_at) VALUES ($1, $2, $3) \
+        let mut locked = Ok(());
+        if let Some(message) = deleted_message {
+            locked = sqlx::query(&format!(
+                "SELECT pg_catalog.pg_advisory_xact_lock({})",
+                inbox.deletion_key("$1", "$2")
+            ))
+            .bind(&claimed.tenant)
+            .bind(message)
+            .execute(&mut *tx)
+            .await
+            .map(drop);
+        }
+        if locked.is_ok() && !matches!(record, Record::Again) {
+            // Waits for a deletion of a message this row holds that is
+            // committing now, so that the checks below see it.
+            locked = sqlx::query(&format!(
+                "SELECT pg_catalog.pg_advisory_xact_lock_shared({}) \
+                 FROM {table} AS row, pg_catalog.unnest(row.message_ids) AS held (id) {key}",
+                inbox.deletion_key("row.tenant", "held.id")
+            ))
+            .bind(&claimed.tenant)
+            .bind(&claimed.id)
+            .execute(&mut *tx)
+            .await
+            .map(drop);
+        }
+        let result = match locked {
+            Err(error) => Err(error),
+            Ok(()) => match &record {
+                Record::Done(outcome) => {
+                    let mut written = Ok(());
+                    if let Some(message) = deleted_message {
+                        // First, so that this row's own body goes as well; rows
+                        // that finish later, and late copies, check it.
+                        written = sqlx::query(&format!(
+                            "INSERT INTO {} (tenant, message_id, deleted_at) VALUES ($1, $2, $3) \
                          ON CONFLICT DO NOTHING",
-                        inbox.deleted_table()
-                    ))
-                    .bind(&claimed.tenant)
-                    .bind(message)
-                    .bind(now)
-                    .execute(&mut *tx)
-                    .await
-                    .map(drop);
-                }
-                if written.is_ok() {
-                    written = sqlx::query(&format!(
-                        "UPDATE {table} AS row SET status = 'done', outcome = $3, \
+                            inbox.deleted_table()
+                        ))
+                        .bind(&claimed.tenant)
+                        .bind(message)
+                        .bind(now)
+                        .execute(&mut *tx)
+                        .await
+                        .map(drop);
+                    }
+                    if written.is_ok() {
+                        written = sqlx::query(&format!(
+                            "UPDATE {table} AS row SET status = 'done', outcome = $3, \
                            recorded_attempts = row.attempts, finished_at = $4, \
                            body = CASE WHEN $5 AND NOT {deleted} THEN row.body END, \
                            last_error = NULL, error_kind = NULL {key}"
-                    ))
-                    .bind(&claimed.tenant)
-                    .bind(&claimed.id)
-                    .bind(*outcome)
-                    .bind(now)
-                    .bind(inbox.config.keep_done_bodies)
-                    .execute(&mut *tx)
-                    .await
-                    .map(drop);
-                }
-                match (written, deleted_message) {
-                    (Ok(()), Some(message)) => {
-                        drop_bodies_of(&mut tx, &table, &claimed.tenant, message, now).await
+                        ))
+                        .bind(&claimed.tenant)
+                        .bind(&claimed.id)
+                        .bind(*outcome)
+                        .bind(now)
+                        .bind(inbox.config.keep_done_bodies)
+                        .execute(&mut *tx)
+                        .await
+                        .map(drop);
                     }
-                    (written, _) => written,
+                    match (written, deleted_message) {
+                        (Ok(()), Some(message)) => {
+                            drop_bodies_of(&mut tx, &table, &claimed.tenant, message, now).await
+                        }
+                        (written, _) => written,
+                    }
                 }
-            }
-            Record::Retry { kind, error, after } => sqlx::query(&format!(
+                Record::Retry { kind, error, after } => sqlx::query(&format!(
                 "UPDATE {table} AS row SET last_error = CASE WHEN {deleted} THEN NULL ELSE $3 END, \
                    error_kind = $5, due_at = $4, recorded_attempts = row.attempts {key}"
             ))
-            .bind(&claimed.tenant)
-            .bind(&claimed.id)
-            .bind(crate::truncated(error, MAX_ERROR_LEN))
-            .bind(now + *after)
-            .bind(*kind)
-            .execute(&mut *tx)
-            .await
-            .map(drop),
-            Record::Dead {
-                outcome,
-                kind,
-                error,
-            } => sqlx::query(&format!(
-                "UPDATE {table} AS row SET status = 'dead', outcome = $3, error_kind = $6, \
+                .bind(&claimed.tenant)
+                .bind(&claimed.id)
+                .bind(crate::truncated(error, MAX_ERROR_LEN))
+                .bind(now + *after)
+                .bind(*kind)
+                .execute(&mut *tx)
+                .await
+                .map(drop),
+                Record::Dead {
+                    outcome,
+                    kind,
+                    error,
+                } => sqlx::query(&format!(
+                    "UPDATE {table} AS row SET status = 'dead', outcome = $3, error_kind = $6, \
                    last_error = CASE WHEN {deleted} THEN NULL ELSE $4 END, \
                    body = CASE WHEN {deleted} THEN NULL ELSE row.body END, \
-                   give_up_pending = $7, recorded_attempts = row.attempts, finished_at = $5 {key}"
-            ))
-            .bind(&claimed.tenant)
-            .bind(&claimed.id)
-            .bind(*outcome)
-            .bind(crate::truncated(error, MAX_ERROR_LEN))
-            .bind(now)
-            .bind(*kind)
-            // A handler's give-up ran the hook inside this transaction.
-            .bind(*outcome != "given_up")
-            .execute(&mut *tx)
-            .await
-            .map(drop),
-            Record::Again => sqlx::query(&format!(
-                "UPDATE {table} AS row SET attempts = row.attempts - 1, \
+                   give_up_pending = $7, give_up_due_at = CASE WHEN $7 THEN $8 END, \
+                   recorded_attempts = row.attempts, finished_at = $5 {key}"
+                ))
+                .bind(&claimed.tenant)
+                .bind(&claimed.id)
+                .bind(*outcome)
+                .bind(crate::truncated(error, MAX_ERROR_LEN))
+                .bind(now)
+                .bind(*kind)
+                // A handler's give-up ran the hook inside this transaction.
+                .bind(*outcome != "given_up")
+                .bind(now + self.give_up_lease())
+                .execute(&mut *tx)
+                .await
+                .map(drop),
+                Record::Again => sqlx::query(&format!(
+                    "UPDATE {table} AS row SET attempts = row.attempts - 1, \
                    recorded_attempts = row.attempts - 1, due_at = $3 {key}"
-            ))
-            .bind(&claimed.tenant)
-            .bind(&claimed.id)
-            .bind(now)
-            .execute(&mut *tx)
-            .await
-            .map(drop),
+                ))
+                .bind(&claimed.tenant)
+                .bind(&claimed.id)
+                .bind(now)
+                .execute(&mut *tx)
+                .await
+                .map(drop),
+            },
         };
         let committed = match result {
             Ok(()) => tx.commit().await.map_err(CommitError::into_store_error),
@@ -867,12 +968,16 @@ impl<S: Clone + Send + Sync + 'static> Shared<S> {
             } => {
                 crate::metrics::inbox_run("dead", &claimed.event_type);
                 tracing::error!(outcome, kind, %error, "inbox delivery is dead; replay it after a fix");
-                if outcome != "given_up"
-                    && self
-                        .report_dead(&claimed.id, &claimed.event_type, claimed.attempt, error)
-                        .await
-                {
-                    self.give_up_reported(&claimed.tenant, &claimed.id).await;
+                if outcome != "given_up" {
+                    self.report_dead_and_note(
+                        &claimed.tenant,
+                        &claimed.id,
+                        &claimed.event_type,
+                        claimed.attempt,
+                        error,
+                        claimed.generation,
+                    )
+                    .await;
                 }
             }
             Record::Again => {
@@ -886,6 +991,10 @@ impl<S: Clone + Send + Sync + 'static> Shared<S> {
 /// first: a deletion of that message supersedes them.
 pub(super) const CONTENT_EVENTS: &str =
     "('message.created', 'message.updated', 'message.mentioned')";
+
+/// [`CONTENT_EVENTS`], for Rust.
+pub(super) const CONTENT_EVENT_TYPES: [&str; 3] =
+    ["message.created", "message.updated", "message.mentioned"];
 
 /// A `message.deleted` was handled (and recorded in `deleted_messages`):
 /// no stored text of its message may stay. Finished rows that hold it lose
