@@ -55,6 +55,7 @@ use std::time::Duration;
 
 use axum::routing::{get, post_service};
 use axum::Router;
+use cariosan_webhooks::delivery::shutdown_signal;
 use cariosan_webhooks::{CariosanWebhookLayer, Webhooks};
 use tracing_subscriber::EnvFilter;
 
@@ -154,28 +155,29 @@ async fn main() -> Result<(), Error> {
         "listening on http://{}/webhooks/cariosan",
         listener.local_addr()?
     );
-    support::serve::serve(listener, app, limits, support::serve::stop_signal()).await;
-    stop().await;
+    // The drain starts on the signal, beside the server's graceful stop:
+    // from the signal to exit takes at most the drain deadline plus 1 s.
+    let stop_signal = shutdown_signal();
+    let drained = tokio::spawn(async move {
+        stop_signal.await;
+        stop().await;
+    });
+    support::serve::serve(listener, app, limits, shutdown_signal()).await;
+    let _ = drained.await;
     Ok(())
 }
 
-/// `GET /metrics` in the Prometheus text format, with histogram buckets
-/// dense up to the 9 s budget.
+/// `GET /metrics` in the Prometheus text format, with the crate's
+/// recommended histogram buckets (without them the histograms are
+/// summaries, and the README's lag alert matches nothing).
 #[cfg(feature = "metrics")]
 fn with_metrics(app: Router) -> Result<Router, Error> {
     use metrics_exporter_prometheus::{Matcher, PrometheusBuilder};
-    let handle = PrometheusBuilder::new()
-        .set_buckets_for_metric(
-            Matcher::Full("cariosan_webhook_handler_duration_seconds".into()),
-            &[
-                0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.0, 3.0, 5.0, 7.0, 9.0, 30.0, 300.0,
-            ],
-        )?
-        .set_buckets_for_metric(
-            Matcher::Full("cariosan_webhook_delivery_lag_seconds".into()),
-            &[0.5, 1.0, 2.0, 5.0, 10.0, 30.0, 60.0, 300.0, 3600.0, 86400.0],
-        )?
-        .install_recorder()?;
+    let mut builder = PrometheusBuilder::new();
+    for (name, buckets) in cariosan_webhooks::metrics::HISTOGRAM_BUCKETS {
+        builder = builder.set_buckets_for_metric(Matcher::Full((*name).to_owned()), buckets)?;
+    }
+    let handle = builder.install_recorder()?;
     Ok(app.route(
         "/metrics",
         get(move || {
@@ -210,13 +212,23 @@ async fn with_backend(
     Ok(inline(with_store(layer).await?, finish(Webhooks::new())))
 }
 
+/// How long stopping waits for the runs in progress before it cancels
+/// them: `CARIOSAN_WEBHOOK_DRAIN_SECS`, 8 s by default, so that with the
+/// 1 s to cancel the rest a stop fits `docker stop`'s 10 s.
+fn drain_deadline() -> Duration {
+    std::env::var("CARIOSAN_WEBHOOK_DRAIN_SECS")
+        .ok()
+        .and_then(|secs| secs.parse().ok())
+        .map_or(Duration::from_secs(8), Duration::from_secs)
+}
+
 /// Handlers run inline, under the delivery layer; stopping drains them for
-/// up to 9 s.
+/// the drain deadline.
 fn inline(layer: CariosanWebhookLayer, webhooks: Webhooks) -> (axum::routing::MethodRouter, Stop) {
     let shutdown = layer.shutdown_handle();
     let stop: Stop = Box::new(move || {
         Box::pin(async move {
-            let drained = shutdown.drain(Duration::from_secs(9)).await;
+            let drained = shutdown.drain(drain_deadline()).await;
             tracing::info!(
                 abandoned = drained.abandoned,
                 stuck = drained.stuck,
@@ -337,7 +349,7 @@ mod postgres {
         );
         let stop: Stop = Box::new(move || {
             Box::pin(async move {
-                let stopped = workers.shutdown(Duration::from_secs(9)).await;
+                let stopped = workers.shutdown(super::drain_deadline()).await;
                 tracing::info!(cancelled = stopped.cancelled, "stopped");
             })
         });

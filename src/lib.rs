@@ -25,7 +25,9 @@
 //! - [`dispatch`]: [`Webhooks`], async handlers per event type, mounted as
 //!   a service behind the layers or called directly.
 //!
-//! [`CariosanWebhookLayer`] stacks the two layers with the defaults.
+//! [`CariosanWebhookLayer`] stacks the two layers with the defaults;
+//! [`Receiver`] gives a framework that is not tower-based the same contract,
+//! from a request's method, path, headers and body to an [`Answer`].
 //!
 //! # Example
 //!
@@ -122,6 +124,7 @@
 //! | `axum` | no | the `VerifiedEvent` and [`VerifiedDelivery`] extractors and `IntoResponse` for the rejections (axum-core) |
 //! | `redis` | no | `store::RedisStore`, an idempotency store shared by several replicas |
 //! | `postgres` | no | `store::postgres`: deliveries recorded in the handlers' own PostgreSQL transaction, for exactly-once database effects, inline (`PostgresBackend`) or from a durable inbox with retries and dead letters (`Inbox`) (sqlx) |
+//! | `postgres-rustls` | no | `postgres`, with TLS to the database through sqlx's rustls (ring, webpki roots): a managed PostgreSQL that requires SSL (`?sslmode=require` in the URL) needs it; without it the crate's sqlx speaks plain TCP only. Build sqlx with `tls-native-tls` yourself for the system's OpenSSL |
 //! | `ring` | no | HMAC-SHA256 from `ring`'s assembly instead of `hmac` + `sha2`: 1.6 to 1.8× faster on CPUs without SHA extensions (needs a C compiler) |
 //! | `metrics` | no | counters, gauges and histograms through the `metrics` facade: see [`metrics`] |
 //! | `test-util` | no | `test_util`: signed test requests, a [`Delivery`] for unit tests, sample events of every type |
@@ -160,6 +163,8 @@ mod macros;
 #[cfg(feature = "layer")]
 pub mod metrics;
 #[cfg(feature = "layer")]
+mod receiver;
+#[cfg(feature = "layer")]
 mod response;
 #[cfg(feature = "layer")]
 pub mod store;
@@ -176,6 +181,8 @@ pub use extract::{ExtractRejection, VerifiedEvent};
 pub use future::ResponseFuture;
 #[cfg(feature = "layer")]
 pub use layer::{CariosanWebhookLayer, CariosanWebhookService};
+#[cfg(feature = "layer")]
+pub use receiver::{Answer, Receiver};
 #[cfg(feature = "layer")]
 pub use response::{BytesBody, ResponseBody};
 pub use verify::VerifiedDelivery;

@@ -10,16 +10,47 @@
 //! | `cariosan_webhook_secret_matches_total` | counter | `slot` (`primary`, `older`) | which secret verified a delivery: when `older` stays at zero, a rotation can be finished |
 //! | `cariosan_webhook_runs_in_flight` | gauge | | runs begun and not yet finished |
 //! | `cariosan_webhook_handler_duration_seconds` | histogram | `event_type` | how long a run's handlers took |
-//! | `cariosan_webhook_runs_cancelled_total` | counter | `reason` (`max_run_time`, `guard_lost`, `shutdown`) | runs whose handlers were dropped |
-//! | `cariosan_webhook_store_errors_total` | counter | `operation` (`begin`, `finish`, `inbox_ingest`, `inbox_claim`, `inbox_finish`) | the delivery backend or the inbox failing or not answering |
+//! | `cariosan_webhook_runs_cancelled_total` | counter | `reason` (`max_run_time`, `guard_lost`, `shutdown`, `session_lost`) | runs whose handlers were dropped |
+//! | `cariosan_webhook_store_errors_total` | counter | `operation` (`begin`, `finish`, `inbox_ingest`, `inbox_claim`, `inbox_finish`, `commit_ambiguous`) | the delivery backend or the inbox failing or not answering; `commit_ambiguous` is a commit whose answer was lost |
 //! | `cariosan_webhook_inbox_runs_total` | counter | `result` (`done`, `retry`, `dead`, `lost`), `event_type` | inbox runs by how they ended; `lost` is a run whose process died or whose connection dropped |
 //!
 //! `event_type` is a type this version knows, or `unknown`: never an id.
+//!
+//! Exporters render a histogram without buckets as a summary, which a
+//! `histogram_quantile(.. _bucket ..)` rule never matches: give them
+//! [`HISTOGRAM_BUCKETS`]. With `metrics-exporter-prometheus`:
+//!
+//! ```ignore
+//! let mut builder = metrics_exporter_prometheus::PrometheusBuilder::new();
+//! for (name, buckets) in cariosan_webhooks::metrics::HISTOGRAM_BUCKETS {
+//!     builder = builder.set_buckets_for_metric(
+//!         metrics_exporter_prometheus::Matcher::Full((*name).to_owned()),
+//!         buckets,
+//!     )?;
+//! }
+//! let handle = builder.install_recorder()?;
+//! ```
 #![cfg_attr(not(feature = "metrics"), allow(unused_variables))]
 
 use std::time::Duration;
 
 use crate::model::EventType;
+
+/// The recommended buckets, in seconds, of each histogram the crate
+/// records: dense up to the 9 s budget for the handlers' duration, and up
+/// to a day for the lag (Cariosan retries for two days).
+pub const HISTOGRAM_BUCKETS: &[(&str, &[f64])] = &[
+    (
+        "cariosan_webhook_handler_duration_seconds",
+        &[
+            0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.0, 3.0, 5.0, 7.0, 9.0, 30.0, 300.0,
+        ],
+    ),
+    (
+        "cariosan_webhook_delivery_lag_seconds",
+        &[0.5, 1.0, 2.0, 5.0, 10.0, 30.0, 60.0, 300.0, 3600.0, 86400.0],
+    ),
+];
 
 /// A known event type's name, or `unknown`: labels stay few.
 pub(crate) fn event_label(event_type: &str) -> &'static str {

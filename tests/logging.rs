@@ -143,6 +143,11 @@ async fn every_delivery_outcome_is_logged_at_info() {
         .filter(|l| l.contains("INFO") && l.contains("delivery answered"))
         .collect();
     assert_eq!(answered.len(), 2, "{logs}");
+    assert_eq!(
+        logs.lines().filter(|l| l.contains("INFO")).count(),
+        2,
+        "one info line per delivery, the duplicate's included: {logs}"
+    );
     assert!(answered[0].contains("outcome=\"handled\""), "{logs}");
     assert!(answered[1].contains("outcome=\"duplicate\""), "{logs}");
 }

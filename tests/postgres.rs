@@ -13,22 +13,13 @@ use axum::routing::post_service;
 use axum::Router;
 use cariosan_webhooks::dispatch::EventSelector;
 use cariosan_webhooks::model::Event;
-use cariosan_webhooks::store::postgres::sqlx::{self, postgres::PgPoolOptions, PgPool};
+use cariosan_webhooks::store::postgres::sqlx::{self, PgPool};
 use cariosan_webhooks::store::postgres::{PostgresBackend, Tx};
 use cariosan_webhooks::{CariosanWebhookLayer, Delivery, HandlerError, HandlerResult, Webhooks};
 use common::postgres_server::PostgresServer;
 use common::process::ReceiverProcess;
 use common::simulation::{check_acknowledged, deliver_all, webhooks_after, Tally, BUDGET};
 use common::*;
-
-async fn pool(server: &PostgresServer, size: u32) -> PgPool {
-    PgPoolOptions::new()
-        .max_connections(size)
-        .acquire_timeout(Duration::from_secs(2))
-        .connect(&server.url())
-        .await
-        .unwrap()
-}
 
 async fn create_effects(pool: &PgPool) {
     sqlx::query("CREATE TABLE IF NOT EXISTS effects (delivery_id text NOT NULL, attempt integer)")
@@ -89,7 +80,7 @@ fn effects(pid: Arc<AtomicI32>) -> Webhooks {
 
 /// A replica: its own pool and layer over the shared database.
 async fn replica(server: &PostgresServer, webhooks: Webhooks) -> std::net::SocketAddr {
-    let pool = pool(server, 20).await;
+    let pool = server.pool(20).await;
     let backend = PostgresBackend::new(pool.clone());
     backend.migrate().await.unwrap();
     create_effects(&pool).await;
@@ -108,7 +99,7 @@ async fn concurrent_copies_across_two_replicas_commit_one_row_and_a_failure_none
         replica(&server, effects(pid.clone())).await,
         replica(&server, effects(pid)).await,
     ];
-    let check = pool(&server, 2).await;
+    let check = server.pool(2).await;
 
     let body = message_with("evt_pg_copies", "slow");
     let answers = futures_util::future::join_all((0..16).map(|n| {
@@ -154,7 +145,7 @@ async fn a_terminated_connection_mid_handler_answers_non_2xx_and_commits_nothing
     let server = PostgresServer::start();
     let pid = Arc::new(AtomicI32::new(0));
     let addr = replica(&server, effects(pid.clone())).await;
-    let check = pool(&server, 2).await;
+    let check = server.pool(2).await;
     let body = message_with("evt_pg_term", "pid");
     let sent = body.clone();
     let in_flight = tokio::spawn(async move { send_attempt(addr, "evt_pg_term", 1, &sent).await });
@@ -229,7 +220,7 @@ async fn postgres_restarted_during_a_run_of_deliveries_leaves_one_row_each() {
     }
     restarted.await.unwrap();
     assert!(unavailable > 0, "the outage was seen as 503s");
-    let check = pool(&server, 2).await;
+    let check = server.pool(2).await;
     for n in 0..20 {
         let id = format!("evt_pg_restart_{n:02}");
         assert_eq!(rows(&check, &id).await, 1, "{id}");
@@ -240,7 +231,7 @@ async fn postgres_restarted_during_a_run_of_deliveries_leaves_one_row_each() {
 #[ignore = "needs PostgreSQL (initdb, pg_ctl); .ci/run installs postgresql and runs the ignored tests"]
 async fn an_applications_own_sqlx_migrations_run_before_and_after_the_crates() {
     let server = PostgresServer::start();
-    let pool = pool(&server, 4).await;
+    let pool = server.pool(4).await;
     let dir = server.dir().join("app_migrations");
     std::fs::create_dir_all(&dir).unwrap();
     std::fs::write(
@@ -303,7 +294,7 @@ fn two_receivers_started_at_once_on_an_empty_database_both_start_and_migrate_onc
     assert_eq!(receivers.len(), 2);
     let runtime = tokio::runtime::Runtime::new().unwrap();
     runtime.block_on(async {
-        let pool = pool(&server, 2).await;
+        let pool = server.pool(2).await;
         let versions: i64 =
             sqlx::query_scalar("SELECT count(*) FROM cariosan_webhooks.schema_migrations")
                 .fetch_one(&pool)
@@ -355,7 +346,7 @@ async fn a_receiver_killed_mid_handler_commits_nothing_and_the_retry_adds_one_ro
     let addr = slow.addr;
     let sent = body.clone();
     let in_flight = tokio::spawn(async move { send_signed(addr, id, "webhook.ping", &sent).await });
-    let check = pool(&server, 2).await;
+    let check = server.pool(2).await;
     // Wait until the delivery's transaction is open and has written.
     let started = Instant::now();
     loop {
@@ -411,7 +402,7 @@ async fn ten_thousand_deliveries_against_two_replicas_sharing_postgres() {
     let tally = Arc::new(Tally::default());
     let mut replicas = Vec::new();
     for _ in 0..2 {
-        let pool = pool(&server, 70).await;
+        let pool = server.pool(70).await;
         let backend = PostgresBackend::new(pool.clone());
         backend.migrate().await.unwrap();
         create_effects(&pool).await;
@@ -441,7 +432,7 @@ async fn ten_thousand_deliveries_against_two_replicas_sharing_postgres() {
     }
     let report = deliver_all(&replicas, tally.clone(), DELIVERIES, 64).await;
     check_acknowledged(&report, &tally, DELIVERIES);
-    let check = pool(&server, 2).await;
+    let check = server.pool(2).await;
     let counts: Vec<(String, i64)> =
         sqlx::query_as("SELECT delivery_id, count(*) FROM effects GROUP BY delivery_id")
             .fetch_all(&check)
@@ -457,5 +448,50 @@ async fn ten_thousand_deliveries_against_two_replicas_sharing_postgres() {
         "{} requests, {} handler runs, {DELIVERIES} deliveries with one row each",
         report.requests,
         tally.runs.load(Ordering::SeqCst)
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore = "needs PostgreSQL (initdb, pg_ctl); .ci/run installs postgresql and runs the ignored tests"]
+async fn a_tx_handler_runs_in_a_unit_test_against_a_transaction_the_test_opens() {
+    use cariosan_webhooks::model::MessageCreated;
+    use cariosan_webhooks::test_util::{delivery, samples};
+
+    async fn save(event: Delivery<MessageCreated>, tx: Tx) -> HandlerResult {
+        let mut conn = tx.conn().await?;
+        sqlx::query("INSERT INTO effects (delivery_id) VALUES ($1)")
+            .bind(event.message.id.as_str())
+            .execute(&mut *conn)
+            .await?;
+        Ok(())
+    }
+
+    let server = PostgresServer::start();
+    let pool = server.pool(2).await;
+    create_effects(&pool).await;
+    let tx = Tx::begin_for_test(&pool).await.unwrap();
+    let event = delivery::<MessageCreated>(samples::message_created());
+    let message = event.message.id.to_string();
+    save(event, tx.clone()).await.unwrap();
+    let inside: i64 = sqlx::query_scalar("SELECT count(*) FROM effects WHERE delivery_id = $1")
+        .bind(&message)
+        .fetch_one(&mut *tx.conn().await.unwrap())
+        .await
+        .unwrap();
+    assert_eq!(
+        inside, 1,
+        "the test reads the handler's write in its transaction"
+    );
+    assert_eq!(
+        rows(&pool, &message).await,
+        0,
+        "uncommitted: nobody else sees it"
+    );
+    tx.rollback_for_test().await;
+    assert_eq!(rows(&pool, &message).await, 0, "rolled back");
+    let again = Tx::begin_for_test(&pool).await.unwrap();
+    assert!(
+        again.conn().await.is_ok(),
+        "the pool's connection came back clean"
     );
 }

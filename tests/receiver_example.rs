@@ -117,6 +117,38 @@ async fn sigterm_lets_the_running_handler_finish_then_the_receiver_exits() {
     );
 }
 
+#[tokio::test(flavor = "multi_thread")]
+async fn sigterm_mid_handler_answers_the_delivery_and_exits_within_the_drain_bound() {
+    let mut receiver = ReceiverProcess::start(&[
+        ("CARIOSAN_DEMO_DELAY_MS", "20000"),
+        ("CARIOSAN_WEBHOOK_DRAIN_SECS", "2"),
+    ]);
+    let addr = receiver.addr;
+    let body = fixture("events/webhook.ping.json");
+    let id = "evt_01JDB844PINGPINGPINGPIN01";
+    let in_flight = tokio::spawn(async move { send_signed(addr, id, "webhook.ping", &body).await });
+    tokio::time::sleep(Duration::from_millis(400)).await;
+    let signalled = std::time::Instant::now();
+    receiver.terminate();
+    let reply = in_flight.await.unwrap();
+    assert_eq!(
+        (reply.status, reply.body.as_str()),
+        (503, "shutting_down"),
+        "answered, so that Cariosan retries it elsewhere"
+    );
+    let status = tokio::task::block_in_place(|| receiver.wait_exit(Duration::from_secs(10)))
+        .expect("the receiver exits after SIGTERM");
+    let took = signalled.elapsed();
+    // The documented bound: the drain deadline, plus CANCEL_GRACE, plus
+    // the process's own exit.
+    let bound = Duration::from_secs(2) + cariosan_webhooks::delivery::CANCEL_GRACE;
+    assert!(
+        took < bound + Duration::from_millis(1500),
+        "exited {took:?} after SIGTERM, bound {bound:?}"
+    );
+    assert!(status.success(), "{status}");
+}
+
 #[test]
 fn the_receiver_refuses_the_demo_secret_on_an_address_others_can_reach() {
     let output = std::process::Command::new(common::process::example_binary("receiver"))
@@ -384,6 +416,18 @@ async fn metrics_show_the_outcomes_the_lag_and_the_secret_slot() {
         assert!(found.trim_end().ends_with(" 1"), "{found}");
     }
     line(&["cariosan_webhook_delivery_lag_seconds_count"]);
+    // Every series the README's alert rules name.
+    let readme = include_str!("../README.md");
+    let rules = &readme[readme.find("alert: CariosanWebhooksFailing").unwrap()..];
+    let rules = &rules[..rules.find("```").unwrap()];
+    let mut named = 0;
+    for word in rules.split(|c: char| !(c.is_ascii_alphanumeric() || c == '_')) {
+        if word.starts_with("cariosan_webhook_") {
+            named += 1;
+            line(&[word]);
+        }
+    }
+    assert!(named >= 3, "the rules name series: {rules}");
     let slot = line(&["cariosan_webhook_secret_matches_total", "slot=\"primary\""]);
     assert!(
         slot.trim_end().ends_with(" 2"),

@@ -86,17 +86,22 @@ impl InboxCommand {
                 let mut filter = status.map_or_else(ListFilter::default, ListFilter::status);
                 filter.limit = limit;
                 let entries = inbox.list(filter).await.map_err(store)?;
+                let width = |header: &str, column: fn(&InboxEntry) -> usize| {
+                    entries.iter().map(column).fold(header.len(), usize::max)
+                };
+                let id_width = width("delivery", |e| e.id.chars().count());
+                let type_width = width("type", |e| e.event_type.chars().count());
                 let _ = writeln!(
                     out,
-                    "{:<32} {:<7} {:<18} {:>8}  {:<20} last error",
+                    "{:<id_width$} {:<6} {:<type_width$} {:>8}  {:<20} last error",
                     "delivery", "status", "type", "attempts", "received"
                 );
                 for entry in &entries {
                     let _ = writeln!(
                         out,
-                        "{:<32} {:<7} {:<18} {:>8}  {:<20} {}",
+                        "{:<id_width$} {:<6} {:<type_width$} {:>8}  {:<20} {}",
                         entry.id,
-                        entry.status,
+                        entry.status.as_str(),
                         entry.event_type,
                         entry.attempts,
                         when(entry.received_at),
@@ -129,8 +134,8 @@ impl InboxCommand {
                 }
                 Err(InboxError::Store(error)) => return Err(error.to_string()),
                 Err(refused) => {
-                    eprintln!("refused: {refused}");
-                    return Ok(ExitCode::from(1));
+                    eprintln!("error: refused: {refused}");
+                    return Ok(ExitCode::from(2));
                 }
             },
             Action::Replay { id: None, .. } => {

@@ -91,8 +91,18 @@ impl Listen {
                     Ok(())
                 }
             });
-        let layer =
-            CariosanWebhookLayer::try_new(&self.secret.secret).map_err(|e| e.to_string())?;
+        let (newest, older) = self
+            .secret
+            .secrets
+            .split_first()
+            .ok_or("--secret is required")?;
+        let mut layer = CariosanWebhookLayer::try_new(newest).map_err(|e| e.to_string())?;
+        for secret in older {
+            if secret.is_empty() {
+                return Err("a --secret is empty".to_owned());
+            }
+            layer = layer.secret(secret);
+        }
         let rejections = Arc::new(Printer {
             colour: std::io::stdout().is_terminal(),
         });

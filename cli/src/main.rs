@@ -61,12 +61,20 @@ enum Command {
     Inbox(inbox::InboxCommand),
 }
 
-/// The signing secret, from the flag or the environment.
+/// The signing secrets, from the flag or the environment.
 #[derive(clap::Args, Clone)]
-struct SecretArg {
-    /// The signing secret.
-    #[arg(long, env = "CARIOSAN_WEBHOOK_SECRET", hide_env_values = true)]
-    secret: String,
+pub(crate) struct SecretArg {
+    /// The signing secret. Repeat it to sign as a sender does during a
+    /// rotation, one `v1=` per secret, newest first (in the environment:
+    /// comma-separated).
+    #[arg(
+        long = "secret",
+        env = "CARIOSAN_WEBHOOK_SECRET",
+        hide_env_values = true,
+        value_delimiter = ',',
+        required = true
+    )]
+    pub(crate) secrets: Vec<String>,
 }
 
 #[derive(clap::Args)]
@@ -155,7 +163,7 @@ impl Sign {
         };
         let mut delivery =
             cariosan_webhooks::test_util::TestDelivery::bytes(delivery_id, event_type, body)
-                .secret(self.secret.secret);
+                .secrets(self.secret.secrets);
         if let Some(timestamp) = self.timestamp {
             delivery = delivery.timestamp(timestamp);
         }

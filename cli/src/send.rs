@@ -45,7 +45,7 @@ impl Send {
             .map_err(|_| "--retry-delay must be a number of seconds".to_owned())?;
         for attempt in 1..=self.attempts.max(1) {
             let delivery = TestDelivery::bytes(&id, &self.event_type, body.clone())
-                .secret(&self.secret.secret)
+                .secrets(self.secret.secrets.iter().cloned())
                 .attempt(attempt);
             let answer =
                 match http_client::post(&self.to, &delivery.headers(), body.clone().into()).await {

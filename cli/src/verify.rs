@@ -10,15 +10,9 @@ use crate::read_stdin;
 
 #[derive(clap::Args)]
 pub struct Verify {
-    /// The secrets to try, in order (repeat the flag for several).
-    #[arg(
-        long = "secret",
-        env = "CARIOSAN_WEBHOOK_SECRET",
-        hide_env_values = true,
-        value_delimiter = ',',
-        required = true
-    )]
-    secrets: Vec<String>,
+    // The secrets to try, in order (repeat the flag for several).
+    #[command(flatten)]
+    secret: crate::SecretArg,
     /// The X-Cariosan-Signature value as captured (a pasted
     /// "X-Cariosan-Signature: " in front is ignored).
     #[arg(long)]
@@ -57,7 +51,7 @@ impl Verify {
 
         // The header's grammar and its timestamp's age, from a verifier with
         // no tolerance: it checks both before any MAC, under any delivery id.
-        let inspector = Verifier::new(&self.secrets[0])
+        let inspector = Verifier::new(&self.secret.secrets[0])
             .map_err(|e| format!("secret #1: {e}"))?
             .tolerance(Duration::ZERO);
         let age = match inspector.verify_at(now, "inspect", &self.header, &body) {
@@ -122,7 +116,7 @@ impl Verify {
 
         if header.is_some() && is_valid_delivery_id(&self.delivery) {
             let mut matched = false;
-            for (n, secret) in self.secrets.iter().enumerate() {
+            for (n, secret) in self.secret.secrets.iter().enumerate() {
                 let verifier = Verifier::new(secret)
                     .map_err(|e| format!("secret #{}: {e}", n + 1))?
                     .tolerance(Duration::from_secs(u64::MAX));
@@ -141,7 +135,7 @@ impl Verify {
             if !matched {
                 println!(
                     "FAILED  signature: no v1 matches under any of {} secret(s); the body, the delivery id or the secret differs from what was signed [signature_mismatch]",
-                    self.secrets.len()
+                    self.secret.secrets.len()
                 );
                 failed = failed.or(Some("signature_mismatch"));
             }

@@ -512,3 +512,88 @@ fn verify_checks_the_envelope_and_takes_a_pasted_header_line() {
         "{printed}"
     );
 }
+
+/// Runs the command with `args` and no secret in the environment.
+fn cli_without_env_secret(args: &[&str], stdin: &[u8]) -> Output {
+    let mut child = Command::new(BIN)
+        .args(args)
+        .env_remove("CARIOSAN_WEBHOOK_SECRET")
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    child.stdin.take().unwrap().write_all(stdin).unwrap();
+    child.wait_with_output().unwrap()
+}
+
+#[test]
+fn sign_with_several_secrets_signs_as_a_sender_mid_rotation() {
+    let id = "evt_01JDB7Q3KX2W9V0M4T8R6N5P1A";
+    let body = fixture("events/message.created.json");
+    let output = cli_without_env_secret(
+        &[
+            "sign",
+            "--timestamp",
+            "1795000000",
+            "--secret",
+            "whsec_newest",
+            "--secret",
+            "whsec_older",
+        ],
+        &body,
+    );
+    assert!(
+        output.status.success(),
+        "{}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+    let printed = stdout(&output);
+    let signature = printed
+        .lines()
+        .find_map(|l| l.strip_prefix("x-cariosan-signature: "))
+        .unwrap_or_else(|| panic!("{printed}"));
+    let mac = |secret: &str| {
+        let one = independent_signature(secret, id, 1_795_000_000, &body);
+        one.split_once(",v1=").unwrap().1.to_owned()
+    };
+    assert_eq!(
+        signature,
+        format!(
+            "t=1795000000,v1={},v1={}",
+            mac("whsec_newest"),
+            mac("whsec_older")
+        ),
+        "one v1 per secret, newest first"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn send_with_several_secrets_reaches_a_receiver_that_knows_only_the_older() {
+    let app = Router::new().route(
+        "/webhooks/cariosan",
+        post_service(Webhooks::new().on_any(|_| async { Ok(()) }))
+            .layer(CariosanWebhookLayer::new("whsec_older")),
+    );
+    let url = format!("http://{}/webhooks/cariosan", serve(app).await);
+    let output = tokio::task::spawn_blocking(move || {
+        cli_without_env_secret(
+            &[
+                "send",
+                "message.created",
+                "--to",
+                &url,
+                "--secret",
+                "whsec_newest",
+                "--secret",
+                "whsec_older",
+            ],
+            b"",
+        )
+    })
+    .await
+    .unwrap();
+    let printed = stdout(&output);
+    assert!(output.status.success(), "{printed}");
+    assert!(printed.contains("attempt 1 -> 200 handled"), "{printed}");
+}

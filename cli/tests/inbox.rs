@@ -92,6 +92,26 @@ async fn list_show_and_replay_a_dead_delivery_once_the_handler_is_fixed() {
     let listed = text(&listed.stdout);
     assert!(listed.contains(id) && listed.contains("dead"), "{listed}");
     assert!(listed.contains("the orders service is down"), "{listed}");
+    // Every column starts where its header does, whatever the values'
+    // lengths ("dead" is shorter than "status").
+    let all = text(&inbox_cli(&url, &["list"]).await.stdout);
+    let mut lines = all.lines();
+    let header = lines.next().unwrap();
+    let columns: Vec<usize> = ["status", "type", "received"]
+        .iter()
+        .map(|name| header.find(name).unwrap())
+        .collect();
+    let mut rows = 0;
+    for row in lines {
+        rows += 1;
+        for &at in &columns {
+            assert!(
+                row[..at].ends_with(' ') && !row[at..].starts_with(' '),
+                "a column of {row:?} does not start at {at}:\n{all}"
+            );
+        }
+    }
+    assert!(rows >= 1, "{all}");
     let queued = text(
         &inbox_cli(&url, &["list", "--status", "queued"])
             .await
@@ -131,7 +151,11 @@ async fn list_show_and_replay_a_dead_delivery_once_the_handler_is_fixed() {
 
     // Handled, so its body is gone: a second replay is refused, clearly.
     let again = inbox_cli(&url, &["replay", id]).await;
-    assert_eq!(again.status.code(), Some(1));
+    assert_eq!(
+        again.status.code(),
+        Some(2),
+        "a refusal is an error: exit 2"
+    );
     assert!(
         text(&again.stderr).contains("has no stored body"),
         "{}",

@@ -83,21 +83,3 @@ pub async fn serve(
         tracing::warn!("requests still in flight at the stop timeout");
     }
 }
-
-/// Completes on `SIGTERM` (a container's stop) or Ctrl-C.
-pub async fn stop_signal() {
-    #[cfg(unix)]
-    {
-        let mut terminate =
-            tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
-                .expect("a SIGTERM handler");
-        tokio::select! {
-            _ = tokio::signal::ctrl_c() => {}
-            _ = terminate.recv() => {}
-        }
-    }
-    #[cfg(not(unix))]
-    {
-        let _ = tokio::signal::ctrl_c().await;
-    }
-}

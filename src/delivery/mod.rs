@@ -44,4 +44,4 @@ pub use lease::{LeaseBackend, DEFAULT_LEASE, DEFAULT_RETENTION, MAX_LEASE, MAX_R
 pub(crate) use rejection::not_verified;
 pub use rejection::Rejection;
 pub use service::DeliveryService;
-pub use shutdown::{Drained, ShutdownHandle, CANCEL_GRACE};
+pub use shutdown::{shutdown_signal, Drained, ShutdownHandle, CANCEL_GRACE};

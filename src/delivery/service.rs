@@ -79,7 +79,9 @@ where
             let guard = match begun {
                 Ok(Ok(Begin::Started(guard))) => guard,
                 Ok(Ok(Begin::Duplicate)) => {
-                    tracing::info!(
+                    // The layer's one `info` line per delivery says
+                    // `outcome="duplicate"`.
+                    tracing::debug!(
                         "duplicate of a handled delivery: acknowledged without running handlers"
                     );
                     return Ok(own(answer(StatusCode::OK, "duplicate", None)));

@@ -92,3 +92,53 @@ impl ShutdownHandle {
         Drained { abandoned, stuck }
     }
 }
+
+/// Completes at the first `SIGTERM` (what Docker, Kubernetes and systemd
+/// send to stop a process) or Ctrl-C (`SIGINT`); Ctrl-C alone where there
+/// are no Unix signals. The handlers are installed when this is called, so
+/// a signal that arrives before the future is first polled still counts.
+///
+/// Start the drain on it, beside the server's own graceful stop, so that
+/// the time from the signal to exit is at most the drain's deadline plus
+/// [`CANCEL_GRACE`]:
+///
+/// ```no_run
+/// use std::time::Duration;
+/// use cariosan_webhooks::delivery::shutdown_signal;
+///
+/// # async fn serve(layer: cariosan_webhooks::CariosanWebhookLayer) {
+/// let shutdown = layer.shutdown_handle();
+/// // docker stop waits 10 s: 8 s for the runs, 1 s to cancel the rest.
+/// let drained = tokio::spawn(async move {
+///     shutdown_signal().await;
+///     shutdown.drain(Duration::from_secs(8)).await
+/// });
+/// // axum::serve(listener, app).with_graceful_shutdown(shutdown_signal()).await?;
+/// let _ = drained.await;
+/// # }
+/// ```
+///
+/// # Panics
+///
+/// If the signal handlers cannot be installed (no tokio runtime with its
+/// signal driver): a start-up error.
+pub fn shutdown_signal() -> impl std::future::Future<Output = ()> + Send + 'static {
+    #[cfg(unix)]
+    {
+        use tokio::signal::unix::{signal, SignalKind};
+        let mut terminate = signal(SignalKind::terminate()).expect("a SIGTERM handler");
+        let mut interrupt = signal(SignalKind::interrupt()).expect("a SIGINT handler");
+        async move {
+            tokio::select! {
+                _ = terminate.recv() => {}
+                _ = interrupt.recv() => {}
+            }
+        }
+    }
+    #[cfg(not(unix))]
+    {
+        async {
+            let _ = tokio::signal::ctrl_c().await;
+        }
+    }
+}

@@ -1,71 +1,46 @@
-//! Cariosan webhooks behind actix-web, which is not tower-based: the raw
-//! body and the headers go to the framework-free verifier, the verified
-//! delivery to `Webhooks::handle`, and its outcome becomes the status and
-//! the short code.
+//! Cariosan webhooks behind actix-web, which is not tower-based: each
+//! request goes to a [`Receiver`], which gives it the whole contract of the
+//! tower layer (verification, de-duplication, the budget, `max_run_time`,
+//! the concurrency bound, the drain), and its [`Answer`](cariosan_webhooks::Answer)
+//! becomes the status, the headers and the short code.
 //!
 //! ```text
 //! CARIOSAN_WEBHOOK_SECRET=whsec_... CARIOSAN_WEBHOOK_ADDR=127.0.0.1:3000 \
 //!     cargo run -p cariosan-webhooks-frameworks --bin actix
 //! ```
 //!
-//! It prints `handled <event type> <delivery id>` per delivery handled.
-//! This shows the dispatcher alone: de-duplication and the other delivery
-//! semantics are the tower delivery layer's (or a backend's of your own);
-//! handlers here must be idempotent on the delivery id.
+//! It prints `handled <event type> <delivery id>` per handler run;
+//! `CARIOSAN_DEMO_DELAY_MS` makes each run take that long.
 
-use actix_web::http::header::{HeaderValue, RETRY_AFTER};
+use std::time::Duration;
+
 use actix_web::http::StatusCode;
 use actix_web::{web, App, HttpRequest, HttpResponse, HttpServer};
 use cariosan_webhooks::model::Event;
-use cariosan_webhooks::protocol::{
-    ATTEMPT_HEADER, DELIVERY_HEADER, EVENT_HEADER, SIGNATURE_HEADER,
-};
-use cariosan_webhooks::verify::{DeliveryHeaders, Verifier};
-use cariosan_webhooks::{Delivery, Webhooks};
+use cariosan_webhooks::protocol::MAX_BODY_LEN;
+use cariosan_webhooks::{CariosanWebhookLayer, Delivery, Receiver, Webhooks};
 
-struct Receiver {
-    verifier: Verifier,
-    webhooks: Webhooks,
-}
-
-/// A protocol header as text, empty when absent or not text.
-fn header<'a>(request: &'a HttpRequest, name: &str) -> &'a str {
-    request
-        .headers()
-        .get(name)
-        .and_then(|value| value.to_str().ok())
-        .unwrap_or("")
-}
-
-fn short(status: u16, code: &str) -> HttpResponse {
-    HttpResponse::build(StatusCode::from_u16(status).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR))
-        .content_type("text/plain; charset=utf-8")
-        .body(code.to_owned())
-}
-
+/// Every method reaches the receiver, so that a `GET` is its `405`, and
+/// the body limit is the protocol's, not actix's 256 KiB default.
 async fn webhook(
     request: HttpRequest,
     body: web::Bytes,
     receiver: web::Data<Receiver>,
 ) -> HttpResponse {
-    let headers = DeliveryHeaders::new(
-        header(&request, DELIVERY_HEADER),
-        header(&request, EVENT_HEADER),
-        header(&request, SIGNATURE_HEADER),
-    )
-    .attempt(header(&request, ATTEMPT_HEADER).parse().ok());
-    let delivery = match receiver.verifier.verify_delivery(&headers, &body) {
-        Ok(delivery) => delivery,
-        Err(error) => return short(error.status_code(), error.code()),
-    };
-    let outcome = receiver.webhooks.handle(&delivery).await;
-    let mut response = short(outcome.status().as_u16(), outcome.code());
-    if let Some(after) = outcome.retry_after() {
-        if let Ok(value) = HeaderValue::from_str(&after.as_secs().max(1).to_string()) {
-            response.headers_mut().insert(RETRY_AFTER, value);
-        }
+    let headers = request
+        .headers()
+        .iter()
+        .map(|(name, value)| (name.as_str(), value.as_bytes()));
+    let path = request.uri().path_and_query().map_or("/", |p| p.as_str());
+    let answer = receiver
+        .receive(request.method().as_str(), path, headers, body)
+        .await;
+    let status = StatusCode::from_u16(answer.status()).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR);
+    let mut response = HttpResponse::build(status);
+    for (name, value) in answer.headers() {
+        response.insert_header((name, value));
     }
-    response
+    response.body(answer.code().to_owned())
 }
 
 #[actix_web::main]
@@ -73,18 +48,24 @@ async fn main() -> std::io::Result<()> {
     let secret = std::env::var("CARIOSAN_WEBHOOK_SECRET")
         .map_err(|_| std::io::Error::other("CARIOSAN_WEBHOOK_SECRET is unset"))?;
     let addr = std::env::var("CARIOSAN_WEBHOOK_ADDR").unwrap_or_else(|_| "127.0.0.1:3000".into());
-    let verifier = Verifier::new(secret).map_err(std::io::Error::other)?;
-    let receiver = web::Data::new(Receiver {
-        verifier,
-        webhooks: Webhooks::new().on_any(|event: Delivery<Event>| async move {
-            println!("handled {} {}", event.event_type(), event.id);
-            Ok(())
-        }),
+    let delay = std::env::var("CARIOSAN_DEMO_DELAY_MS")
+        .ok()
+        .and_then(|ms| ms.parse().ok())
+        .map(Duration::from_millis);
+    let layer = CariosanWebhookLayer::try_new(secret).map_err(std::io::Error::other)?;
+    let webhooks = Webhooks::new().on_any(move |event: Delivery<Event>| async move {
+        if let Some(delay) = delay {
+            tokio::time::sleep(delay).await;
+        }
+        println!("handled {} {}", event.event_type(), event.id);
+        Ok(())
     });
+    let receiver = web::Data::new(Receiver::new(layer, webhooks));
     HttpServer::new(move || {
         App::new()
             .app_data(receiver.clone())
-            .route("/webhooks/cariosan", web::post().to(webhook))
+            .app_data(web::PayloadConfig::new(MAX_BODY_LEN))
+            .route("/webhooks/cariosan", web::route().to(webhook))
     })
     .workers(1)
     .bind(addr)?
