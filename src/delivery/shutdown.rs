@@ -94,9 +94,10 @@ impl ShutdownHandle {
 }
 
 /// Completes at the first `SIGTERM` (what Docker, Kubernetes and systemd
-/// send to stop a process) or Ctrl-C (`SIGINT`); Ctrl-C alone where there
-/// are no Unix signals. The handlers are installed when this is called, so
-/// a signal that arrives before the future is first polled still counts.
+/// send to stop a process) or Ctrl-C (`SIGINT`). On Unix the handlers are
+/// installed when this is called, so a signal that arrives before the
+/// future is first polled still counts; elsewhere it waits for Ctrl-C,
+/// from its first poll.
 ///
 /// Start the drain on it, beside the server's own graceful stop, so that
 /// the time from the signal to exit is at most the drain's deadline plus

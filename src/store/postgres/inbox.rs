@@ -310,7 +310,9 @@ impl Inbox {
             deleted = self.deleted_table(),
         );
         let ids = message_ids(delivery);
-        if CONTENT_EVENT_TYPES.contains(&delivery.event_type()) && !ids.is_empty() {
+        if CONTENT_EVENT_TYPES.contains(&delivery.event_type())
+            && ids.first().is_some_and(|id| !id.is_empty())
+        {
             let locked = sqlx::query(&format!(
                 "SELECT pg_catalog.pg_advisory_xact_lock_shared({})",
                 self.deletion_key("$1", "$2")
@@ -400,7 +402,7 @@ impl Inbox {
     pub async fn replay(&self, id: &str) -> Result<(), InboxError> {
         let sql = format!(
             "UPDATE {} SET status = 'queued', outcome = NULL, attempts = 0, recorded_attempts = 0, \
-             due_at = $3, finished_at = NULL, give_up_pending = false \
+             due_at = $3, finished_at = NULL, give_up_pending = false, generation = generation + 1 \
              WHERE tenant = $1 AND delivery_id = $2 AND status <> 'queued' AND body IS NOT NULL",
             self.table()
         );
@@ -431,8 +433,11 @@ impl Inbox {
     pub async fn replay_dead(&self) -> Result<ReplayedDead, StoreError> {
         let sql = format!(
             "WITH replayed AS (UPDATE {table} SET status = 'queued', outcome = NULL, attempts = 0, \
-               recorded_attempts = 0, due_at = $2, finished_at = NULL, give_up_pending = false \
-               WHERE tenant = $1 AND status = 'dead' AND body IS NOT NULL RETURNING 1) \
+               recorded_attempts = 0, due_at = $2, finished_at = NULL, give_up_pending = false, \
+               generation = generation + 1 \
+               WHERE (tenant, delivery_id) IN (SELECT tenant, delivery_id FROM {table} \
+                 WHERE tenant = $1 AND status = 'dead' AND body IS NOT NULL \
+                 ORDER BY tenant, delivery_id FOR UPDATE SKIP LOCKED) RETURNING 1) \
              SELECT (SELECT count(*) FROM replayed), \
                (SELECT count(*) FROM {table} WHERE tenant = $1 AND status = 'dead' AND body IS NULL)",
             table = self.table()
@@ -462,6 +467,7 @@ impl Inbox {
              last_error = CASE WHEN status = 'queued' THEN 'its body was purged before it was handled' ELSE last_error END, \
              finished_at = coalesce(finished_at, $3), \
              give_up_pending = give_up_pending OR status = 'queued', \
+             generation = generation + CASE WHEN status = 'queued' THEN 1 ELSE 0 END, \
              give_up_due_at = CASE WHEN status = 'queued' THEN $3 ELSE give_up_due_at END, \
              status = CASE WHEN status = 'queued' THEN 'dead' ELSE status END \
              WHERE tenant = $1 AND delivery_id = $2 AND body IS NOT NULL",
@@ -483,11 +489,13 @@ impl Inbox {
     /// `receiver` example does, hourly).
     pub async fn prune(&self) -> Result<Pruned, StoreError> {
         let sql = format!(
-            "WITH gone AS (DELETE FROM {} WHERE \
+            "WITH gone AS (DELETE FROM {table} WHERE (tenant, delivery_id) IN ( \
+               SELECT tenant, delivery_id FROM {table} WHERE \
                (status = 'done' AND finished_at < $1) OR (status = 'dead' AND finished_at < $2) \
+               ORDER BY tenant, delivery_id FOR UPDATE SKIP LOCKED) \
                RETURNING status) \
              SELECT count(*) FILTER (WHERE status = 'done'), count(*) FILTER (WHERE status = 'dead') FROM gone",
-            self.table()
+            table = self.table()
         );
         let now = self.now();
         let (done, dead): (i64, i64) = sqlx::query_as(&sql)

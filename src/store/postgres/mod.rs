@@ -231,6 +231,14 @@
 //! 500 ms): a row stored by another replica, or a retry coming due, waits
 //! at most that long.
 //!
+//! **Clocks.** Due times come from each replica's [`Clock`] (the system
+//! clock by default), not from PostgreSQL's: keep the replicas' clocks
+//! within a second of each other (NTP does). A replica whose clock is
+//! ahead by more than a claim's 1 s grace can find a row that another just
+//! claimed due before the first has locked it; it then records that
+//! attempt as lost (a false alarm, in the log and the `lost` metric) and
+//! defers the row, while the first run goes on: nothing runs twice.
+//!
 //! **Chat content.** The body is the message text, and an error may quote
 //! it (PostgreSQL's own messages quote values). A handled row drops both by
 //! default; a dead row keeps them until it is replayed, purged or pruned
@@ -249,6 +257,15 @@
 //!   `superseded`;
 //! - a body whose data does not fit the model is matched by the ids read
 //!   from its raw JSON.
+//!
+//! Where that ends: a content event of the message that is *running* when
+//! the deletion commits finishes (its finish waits for the deletion, then
+//! drops its text), so its handler's own writes commit after the deletion
+//! handler's: a handler that stores message text should not resurrect a
+//! message its application deleted. A deletion that meets another
+//! transaction's row locks in the opposite order (a deletion of a message
+//! that quotes one being deleted at the same moment) is a deadlock that
+//! PostgreSQL breaks: that run fails and is retried.
 //!
 //! **Operators.** [`list`](Inbox::list), [`get`](Inbox::get) (no body),
 //! [`body`](Inbox::body), [`replay`](Inbox::replay) (a dead or done row with

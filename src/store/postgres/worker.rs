@@ -328,10 +328,9 @@ async fn work<S: Clone + Send + Sync + 'static>(shared: Arc<Shared<S>>) {
 /// the signed time.
 type ClaimedRow = (String, String, String, i32, i64, bool, Option<Vec<u8>>, i64);
 
-/// What a sweep returns of a row it marked dead: the key, the type, the
-/// attempts, whether the last was lost, and the error (gone when its
-/// message was deleted).
-type SweptRow = (String, String, String, i32, bool, Option<String>, i64);
+/// What a sweep returns of a row it marked dead: its id, its type, its
+/// attempts, and whether the last was lost.
+type SweptRow = (String, String, i32, bool);
 
 /// A dead row whose hook is owed: the key, the type, the attempts, the
 /// error, the generation.
@@ -442,38 +441,82 @@ impl<S: Clone + Send + Sync + 'static> Shared<S> {
         let inbox = &self.inbox;
         let table = inbox.table();
         let now = inbox.now();
-        let swept: Vec<SweptRow> = sqlx::query_as(&format!(
-            "UPDATE {table} AS row SET status = 'dead', \
-               outcome = CASE WHEN row.attempts > row.recorded_attempts THEN 'lost' ELSE 'failed' END, \
-               error_kind = CASE WHEN row.attempts > row.recorded_attempts THEN 'lost' ELSE row.error_kind END, \
-               last_error = CASE WHEN row.attempts > row.recorded_attempts THEN {LOST_RUN_ERROR} \
-                 WHEN {deleted} THEN NULL ELSE row.last_error END, \
-               body = CASE WHEN {deleted} THEN NULL ELSE row.body END, \
-               recorded_attempts = row.attempts, finished_at = $1, \
-               give_up_pending = true, give_up_due_at = $3 \
-             FROM (SELECT tenant, delivery_id, attempts > recorded_attempts AS lost FROM {table} \
-                   WHERE status = 'queued' AND due_at <= $1 AND attempts >= $2 \
-                   ORDER BY due_at LIMIT 100 FOR UPDATE SKIP LOCKED) AS due \
-             WHERE row.tenant = due.tenant AND row.delivery_id = due.delivery_id \
-             RETURNING row.tenant, row.delivery_id, row.event_type, row.attempts, due.lost, \
-               row.last_error, row.generation",
-            deleted = inbox.holds_deleted_text("row"),
-        ))
-        .bind(now)
-        .bind(i32::try_from(inbox.config.schedule.attempts()).unwrap_or(i32::MAX))
-        .bind(now + self.give_up_lease())
-        .fetch_all(&inbox.pool)
-        .await
-        .map_err(postgres_error)?;
-        for (tenant, id, event_type, attempts, lost, error, generation) in swept {
+        // Locked first, then the deletion keys of what they hold, then
+        // updated: a deletion committing meanwhile is seen, as at a run's
+        // finish. Their hooks are due at once, run one by one below.
+        let mut tx = RunTx::begin(&inbox.pool, inbox.config.acquire_timeout, None).await?;
+        let swept: Result<Vec<SweptRow>, sqlx::Error> = async {
+            let due: Vec<(String, String, bool)> = sqlx::query_as(&format!(
+                "SELECT tenant, delivery_id, attempts > recorded_attempts FROM {table} \
+                 WHERE status = 'queued' AND due_at <= $1 AND attempts >= $2 \
+                 ORDER BY due_at LIMIT 100 FOR UPDATE SKIP LOCKED"
+            ))
+            .bind(now)
+            .bind(i32::try_from(inbox.config.schedule.attempts()).unwrap_or(i32::MAX))
+            .fetch_all(&mut *tx)
+            .await?;
+            if due.is_empty() {
+                return Ok(Vec::new());
+            }
+            let lost: std::collections::HashSet<String> = due
+                .iter()
+                .filter(|(_, _, lost)| *lost)
+                .map(|(_, id, _)| id.clone())
+                .collect();
+            let (tenants, ids): (Vec<String>, Vec<String>) =
+                due.into_iter().map(|(tenant, id, _)| (tenant, id)).unzip();
+            let chosen = "(row.tenant, row.delivery_id) IN (SELECT * FROM ROWS FROM (pg_catalog.unnest($1::text[]), pg_catalog.unnest($2::text[])))";
+            sqlx::query(&format!(
+                "SELECT pg_catalog.pg_advisory_xact_lock_shared({}) \
+                 FROM {table} AS row, pg_catalog.unnest(row.message_ids) AS held (id) WHERE {chosen}",
+                inbox.deletion_key("row.tenant", "held.id")
+            ))
+            .bind(&tenants)
+            .bind(&ids)
+            .execute(&mut *tx)
+            .await?;
+            sqlx::query_as(&format!(
+                "UPDATE {table} AS row SET status = 'dead', \
+                   outcome = CASE WHEN row.attempts > row.recorded_attempts THEN 'lost' ELSE 'failed' END, \
+                   error_kind = CASE WHEN row.attempts > row.recorded_attempts THEN 'lost' ELSE row.error_kind END, \
+                   last_error = CASE WHEN row.attempts > row.recorded_attempts THEN {LOST_RUN_ERROR} \
+                     WHEN {deleted} THEN NULL ELSE row.last_error END, \
+                   body = CASE WHEN {deleted} THEN NULL ELSE row.body END, \
+                   recorded_attempts = row.attempts, finished_at = $3, \
+                   give_up_pending = true, give_up_due_at = $3 \
+                 WHERE {chosen} \
+                 RETURNING row.delivery_id, row.event_type, row.attempts",
+                deleted = inbox.holds_deleted_text("row"),
+            ))
+            .bind(&tenants)
+            .bind(&ids)
+            .bind(now)
+            .fetch_all(&mut *tx)
+            .await
+            .map(|rows: Vec<(String, String, i32)>| {
+                rows.into_iter()
+                    .map(|(id, event_type, attempts)| {
+                        let was_lost = lost.contains(&id);
+                        (id, event_type, attempts, was_lost)
+                    })
+                    .collect()
+            })
+        }
+        .await;
+        let swept = match swept {
+            Ok(swept) => swept,
+            Err(error) => {
+                tx.rollback().await;
+                return Err(postgres_error(error));
+            }
+        };
+        tx.commit().await.map_err(CommitError::into_store_error)?;
+        for (id, event_type, attempts, lost) in swept {
             if lost {
                 crate::metrics::inbox_run("lost", &event_type);
             }
             crate::metrics::inbox_run("dead", &event_type);
             tracing::error!(delivery_id = %id, attempts, lost, "an inbox delivery is dead: it is out of attempts");
-            let error = error.unwrap_or_else(|| REDACTED_ERROR.to_owned());
-            self.report_dead_and_note(&tenant, &id, &event_type, attempts, error, generation)
-                .await;
         }
         self.retry_give_ups().await
     }
@@ -498,41 +541,49 @@ impl<S: Clone + Send + Sync + 'static> Shared<S> {
     async fn retry_give_ups(&self) -> Result<(), StoreError> {
         let inbox = &self.inbox;
         let table = inbox.table();
-        let now = inbox.now();
-        let owed: Vec<OwedHook> = sqlx::query_as(&format!(
-            "UPDATE {table} AS row SET give_up_due_at = $2 \
-             FROM (SELECT tenant, delivery_id FROM {table} \
-                   WHERE give_up_pending AND status = 'dead' AND give_up_due_at <= $1 \
-                   ORDER BY give_up_due_at LIMIT 10 FOR UPDATE SKIP LOCKED) AS due \
-             WHERE row.tenant = due.tenant AND row.delivery_id = due.delivery_id \
-             RETURNING row.tenant, row.delivery_id, row.event_type, row.attempts, row.last_error, \
-               row.generation"
-        ))
-        .bind(now)
-        .bind(now + self.give_up_lease())
-        .fetch_all(&inbox.pool)
-        .await
-        .map_err(postgres_error)?;
-        for (tenant, id, event_type, attempts, error, generation) in owed {
+        // One row at a time, each leased just before its hook; the first
+        // failure ends the pass, so a sink that is down costs one hook's
+        // time limit per sweep, not ten.
+        for _ in 0..10 {
+            let now = inbox.now();
+            let owed: Option<OwedHook> = sqlx::query_as(&format!(
+                "UPDATE {table} AS row SET give_up_due_at = $2 \
+                 FROM (SELECT tenant, delivery_id FROM {table} \
+                       WHERE give_up_pending AND status = 'dead' AND give_up_due_at <= $1 \
+                       ORDER BY give_up_due_at LIMIT 1 FOR UPDATE SKIP LOCKED) AS due \
+                 WHERE row.tenant = due.tenant AND row.delivery_id = due.delivery_id \
+                 RETURNING row.tenant, row.delivery_id, row.event_type, row.attempts, row.last_error, \
+                   row.generation"
+            ))
+            .bind(now)
+            .bind(now + self.give_up_lease())
+            .fetch_optional(&inbox.pool)
+            .await
+            .map_err(postgres_error)?;
+            let Some((tenant, id, event_type, attempts, error, generation)) = owed else {
+                return Ok(());
+            };
             let error = error.unwrap_or_else(|| REDACTED_ERROR.to_owned());
-            if !self
+            if self
                 .report_dead_and_note(&tenant, &id, &event_type, attempts, error, generation)
                 .await
             {
-                let again = sqlx::query(&format!(
-                    "UPDATE {table} SET give_up_due_at = $4 \
-                     WHERE tenant = $1 AND delivery_id = $2 AND generation = $3 AND give_up_pending"
-                ))
-                .bind(&tenant)
-                .bind(&id)
-                .bind(generation)
-                .bind(inbox.now() + GIVE_UP_RETRY_AFTER)
-                .execute(&inbox.pool)
-                .await;
-                if let Err(error) = again {
-                    tracing::warn!(error = %postgres_error(error), "could not schedule an on_give_up hook's next try");
-                }
+                continue;
             }
+            let again = sqlx::query(&format!(
+                "UPDATE {table} SET give_up_due_at = $4 \
+                 WHERE tenant = $1 AND delivery_id = $2 AND generation = $3 AND give_up_pending"
+            ))
+            .bind(&tenant)
+            .bind(&id)
+            .bind(generation)
+            .bind(inbox.now() + GIVE_UP_RETRY_AFTER)
+            .execute(&inbox.pool)
+            .await;
+            if let Err(error) = again {
+                tracing::warn!(error = %postgres_error(error), "could not schedule an on_give_up hook's next try");
+            }
+            return Ok(());
         }
         Ok(())
     }
@@ -791,9 +842,11 @@ impl<S: Clone + Send + Sync + 'static> Shared<S> {
                 return;
             }
         }
+        // An id that could not be read (a malformed deletion) deletes nothing.
         let deleted = (delivery.event_type() == "message.deleted")
             .then(|| message_ids(&delivery).into_iter().next())
-            .flatten();
+            .flatten()
+            .filter(|id| !id.is_empty());
         self.record(tx, claimed, record, deleted.as_deref()).await;
     }
 
@@ -873,7 +926,8 @@ impl<S: Clone + Send + Sync + 'static> Shared<S> {
                             "UPDATE {table} AS row SET status = 'done', outcome = $3, \
                            recorded_attempts = row.attempts, finished_at = $4, \
                            body = CASE WHEN $5 AND NOT {deleted} THEN row.body END, \
-                           last_error = NULL, error_kind = NULL {key}"
+                           last_error = NULL, \
+                           error_kind = CASE WHEN $3 = 'superseded' THEN row.error_kind END {key}"
                         ))
                         .bind(&claimed.tenant)
                         .bind(&claimed.id)

@@ -60,15 +60,29 @@ async fn main() -> std::io::Result<()> {
         println!("handled {} {}", event.event_type(), event.id);
         Ok(())
     });
-    let receiver = web::Data::new(Receiver::new(layer, webhooks));
-    HttpServer::new(move || {
+    let receiver = Receiver::new(layer, webhooks);
+    let shutdown = receiver.shutdown_handle();
+    let receiver = web::Data::new(receiver);
+    let server = HttpServer::new(move || {
         App::new()
             .app_data(receiver.clone())
             .app_data(web::PayloadConfig::new(MAX_BODY_LEN))
             .route("/webhooks/cariosan", web::route().to(webhook))
     })
     .workers(1)
+    // The stop is ours: on SIGTERM or Ctrl-C, drain the deliveries (8 s,
+    // then 1 s to cancel the rest) while actix stops gracefully.
+    .disable_signals()
+    .shutdown_timeout(10)
     .bind(addr)?
-    .run()
-    .await
+    .run();
+    let handle = server.handle();
+    let signal = cariosan_webhooks::delivery::shutdown_signal();
+    actix_web::rt::spawn(async move {
+        signal.await;
+        let stopping = handle.stop(true);
+        shutdown.drain(Duration::from_secs(8)).await;
+        stopping.await;
+    });
+    server.await
 }
