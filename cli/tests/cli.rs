@@ -18,9 +18,15 @@ use common::*;
 const BIN: &str = env!("CARGO_BIN_EXE_cariosan-webhooks");
 
 fn cli(args: &[&str], stdin: &[u8]) -> Output {
-    let mut child = Command::new(BIN)
+    let mut command = Command::new(BIN);
+    command.env("CARIOSAN_WEBHOOK_SECRET", SECRET);
+    run(command, args, stdin)
+}
+
+/// Runs `command` with `args`, writing `stdin` to it.
+fn run(mut command: Command, args: &[&str], stdin: &[u8]) -> Output {
+    let mut child = command
         .args(args)
-        .env("CARIOSAN_WEBHOOK_SECRET", SECRET)
         .stdin(Stdio::piped())
         .stdout(Stdio::piped())
         .stderr(Stdio::piped())
@@ -515,16 +521,9 @@ fn verify_checks_the_envelope_and_takes_a_pasted_header_line() {
 
 /// Runs the command with `args` and no secret in the environment.
 fn cli_without_env_secret(args: &[&str], stdin: &[u8]) -> Output {
-    let mut child = Command::new(BIN)
-        .args(args)
-        .env_remove("CARIOSAN_WEBHOOK_SECRET")
-        .stdin(Stdio::piped())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .unwrap();
-    child.stdin.take().unwrap().write_all(stdin).unwrap();
-    child.wait_with_output().unwrap()
+    let mut command = Command::new(BIN);
+    command.env_remove("CARIOSAN_WEBHOOK_SECRET");
+    run(command, args, stdin)
 }
 
 #[test]
