@@ -12,7 +12,6 @@ use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
 
 use axum::body::Body;
-use axum::routing::post_service;
 use axum::Router;
 use cariosan_webhooks::dispatch::State;
 use cariosan_webhooks::model::{Event, EventType, MessageId};
@@ -64,7 +63,7 @@ fn app(store: Store, secret: &str) -> Router {
         });
     Router::new().route(
         "/webhooks/cariosan",
-        post_service(webhooks).layer(CariosanWebhookLayer::new(secret)),
+        CariosanWebhookLayer::new(secret).route(webhooks),
     )
 }
 

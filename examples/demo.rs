@@ -15,7 +15,6 @@ use std::time::{SystemTime, UNIX_EPOCH};
 
 use std::time::Duration;
 
-use axum::routing::post_service;
 use axum::Router;
 use cariosan_webhooks::verify::{sign, Secret};
 use cariosan_webhooks::{CariosanWebhookLayer, HandlerError, Webhooks};
@@ -38,8 +37,7 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
     });
     let app = Router::new().route(
         "/webhooks/cariosan",
-        post_service(support::webhooks_after(crm, report, None))
-            .layer(CariosanWebhookLayer::new(SECRET)),
+        CariosanWebhookLayer::new(SECRET).route(support::webhooks_after(crm, report, None)),
     );
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
     let addr = listener.local_addr()?;

@@ -53,7 +53,7 @@ use std::str::FromStr;
 use std::sync::Arc;
 use std::time::Duration;
 
-use axum::routing::{get, post_service};
+use axum::routing::get;
 use axum::Router;
 use cariosan_webhooks::delivery::shutdown_signal;
 use cariosan_webhooks::{CariosanWebhookLayer, Webhooks};
@@ -244,7 +244,7 @@ fn inline(layer: CariosanWebhookLayer, webhooks: Webhooks) -> (axum::routing::Me
             );
         })
     });
-    (post_service(webhooks).layer(layer), stop)
+    (layer.route(webhooks), stop)
 }
 
 #[cfg(feature = "postgres")]

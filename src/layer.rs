@@ -5,6 +5,7 @@ use std::time::Duration;
 use tower_layer::Layer;
 
 use crate::delivery::{DeliveryBackend, DeliveryLayer, DeliveryService, ShutdownHandle};
+use crate::dispatch::{MissingResource, Webhooks};
 use crate::store::IdempotencyStore;
 use crate::verification::{VerificationLayer, VerificationService};
 use crate::verify::{Clock, ConfigError, Verifier};
@@ -209,6 +210,68 @@ impl CariosanWebhookLayer {
     /// it stays valid however the layer is configured afterwards.
     pub fn shutdown_handle(&self) -> ShutdownHandle {
         self.delivery.shutdown_handle()
+    }
+}
+
+impl CariosanWebhookLayer {
+    /// Whether the delivery layer's backend provides every resource that
+    /// `webhooks`' handlers take: see [`DeliveryLayer::check`].
+    pub fn check<S: Clone + Send + Sync + 'static>(
+        &self,
+        webhooks: &Webhooks<S>,
+    ) -> Result<(), MissingResource> {
+        self.delivery.check(webhooks)
+    }
+}
+
+/// Mounting on an axum route (feature `axum`).
+#[cfg(feature = "axum")]
+impl CariosanWebhookLayer {
+    /// `webhooks` behind this layer, as the webhook route's method router:
+    /// `.route("/webhooks/cariosan", layer.route(webhooks))`. Every method
+    /// reaches the layer, so a `GET` gets its `405 method_not_allowed`.
+    ///
+    /// It checks the handlers against the backend first, which
+    /// `post_service(webhooks).layer(layer)` cannot do (axum hands the
+    /// layer a type-erased route): mounted that way, the check happens at
+    /// each delivery instead, answered `500 resource_missing`.
+    ///
+    /// # Panics
+    ///
+    /// If a handler takes a resource the backend does not provide (a `Tx`
+    /// behind the default memory store), naming the event type, the
+    /// argument's type and the backend. [`try_route`](Self::try_route)
+    /// returns the error.
+    ///
+    /// ```
+    /// use cariosan_webhooks::{CariosanWebhookLayer, Webhooks};
+    ///
+    /// let layer = CariosanWebhookLayer::new("whsec_...");
+    /// let webhooks = Webhooks::new().on_message_created(|_| async { Ok(()) });
+    /// let app: axum::Router = axum::Router::new()
+    ///     .route("/webhooks/cariosan", layer.route(webhooks));
+    /// ```
+    pub fn route<S, RS>(&self, webhooks: Webhooks<S>) -> axum::routing::MethodRouter<RS>
+    where
+        S: Clone + Send + Sync + 'static,
+        RS: Clone + Send + Sync + 'static,
+    {
+        self.try_route(webhooks)
+            .unwrap_or_else(|missing| panic!("{missing}"))
+    }
+
+    /// [`route`](Self::route), or the resource a handler takes that the
+    /// backend does not provide.
+    pub fn try_route<S, RS>(
+        &self,
+        webhooks: Webhooks<S>,
+    ) -> Result<axum::routing::MethodRouter<RS>, MissingResource>
+    where
+        S: Clone + Send + Sync + 'static,
+        RS: Clone + Send + Sync + 'static,
+    {
+        self.check(&webhooks)?;
+        Ok(axum::routing::post_service(webhooks).layer(self.clone()))
     }
 }
 

@@ -32,7 +32,7 @@
 //! # Example
 //!
 //! ```no_run
-//! use axum::{routing::{get, post_service}, Router};
+//! use axum::{routing::get, Router};
 //! use cariosan_webhooks::model::ChannelCreated;
 //! use cariosan_webhooks::{CariosanWebhookLayer, Delivery, HandlerResult, Webhooks};
 //!
@@ -61,11 +61,13 @@
 //!             Ok(())
 //!         });
 //!
-//!     let secret = std::env::var("CARIOSAN_WEBHOOK_SECRET")?;
+//!     let layer = CariosanWebhookLayer::new(std::env::var("CARIOSAN_WEBHOOK_SECRET")?);
 //!     // The layer guards the webhook route only: other routes answer as
 //!     // usual, and a GET on the webhook path gets the layer's own 405.
+//!     // `route` (feature `axum`) refuses, at start-up, handlers that take
+//!     // a resource the layer's backend does not provide.
 //!     let app = Router::new()
-//!         .route("/webhooks/cariosan", post_service(webhooks).layer(CariosanWebhookLayer::new(secret)))
+//!         .route("/webhooks/cariosan", layer.route(webhooks))
 //!         .route("/healthz", get(|| async { "ok" }));
 //!
 //!     let listener = tokio::net::TcpListener::bind("127.0.0.1:3000").await?;
@@ -103,6 +105,7 @@
 //! | 415 | `content_encoding_unsupported` | [`verification`] | the body has a `Content-Encoding` |
 //! | 500 | `handler_failed`, `handler_panicked` | [`Outcome`] | a handler failed or panicked |
 //! | 500 | `event_malformed` | [`Outcome`] | the data does not fit the model and no `on_malformed` handler took it |
+//! | 500 | `resource_missing` | [`Outcome`] | a handler takes a resource (a `Tx`) that nothing in front of it provides: no handler ran (mount with [`CariosanWebhookLayer::route`] to have this refused at start-up) |
 //! | 500 | `not_verified` | [`delivery`], [`dispatch`] | reached without a verification layer (logged as an error) |
 //! | 503 | `retry_later` | [`Outcome`] | a handler returned `HandlerError::retry_later` (its `Retry-After`) |
 //! | 503 | `delivery_in_progress` | [`delivery`] | another copy of the delivery is running now |
@@ -121,7 +124,7 @@
 //! | feature | default | what it adds |
 //! |---|---|---|
 //! | `layer` | yes | the two layers, [`CariosanWebhookLayer`], [`Webhooks`], the in-memory [`store`] (tower, http, tokio, tokio-util) |
-//! | `axum` | no | the `VerifiedEvent` and [`VerifiedDelivery`] extractors and `IntoResponse` for the rejections (axum-core) |
+//! | `axum` | no | [`CariosanWebhookLayer::route`], which mounts [`Webhooks`] behind the layer and checks their resources at start-up; the `VerifiedEvent` and [`VerifiedDelivery`] extractors and `IntoResponse` for the rejections (axum without its default features) |
 //! | `redis` | no | `store::RedisStore`, an idempotency store shared by several replicas |
 //! | `postgres` | no | `store::postgres`: deliveries recorded in the handlers' own PostgreSQL transaction, for exactly-once database effects, inline (`PostgresBackend`) or from a durable inbox with retries and dead letters (`Inbox`) (sqlx) |
 //! | `postgres-rustls` | no | `postgres`, with TLS to the database through sqlx's rustls (ring, webpki roots): a managed PostgreSQL that requires SSL (`?sslmode=require` in the URL) needs it; without it the crate's sqlx speaks plain TCP only. Build sqlx with `tls-native-tls` yourself for the system's OpenSSL |

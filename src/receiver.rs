@@ -12,7 +12,7 @@ use tower_layer::Layer;
 use tower_service::Service;
 
 use crate::delivery::ShutdownHandle;
-use crate::dispatch::Webhooks;
+use crate::dispatch::{MissingResource, Webhooks};
 use crate::layer::{CariosanWebhookLayer, CariosanWebhookService};
 
 /// A [`CariosanWebhookLayer`] around [`Webhooks`], callable from any
@@ -50,11 +50,27 @@ where
     S: Clone + Send + Sync + 'static,
 {
     /// `webhooks` behind `layer`.
+    ///
+    /// # Panics
+    ///
+    /// If a handler takes a resource the layer's backend does not provide
+    /// (see [`CariosanWebhookLayer::check`]). [`try_new`](Self::try_new)
+    /// returns the error.
     pub fn new(layer: CariosanWebhookLayer, webhooks: Webhooks<S>) -> Self {
-        Self {
+        Self::try_new(layer, webhooks).unwrap_or_else(|missing| panic!("{missing}"))
+    }
+
+    /// `webhooks` behind `layer`, or the resource a handler takes that the
+    /// layer's backend does not provide.
+    pub fn try_new(
+        layer: CariosanWebhookLayer,
+        webhooks: Webhooks<S>,
+    ) -> Result<Self, MissingResource> {
+        layer.check(&webhooks)?;
+        Ok(Self {
             shutdown: layer.shutdown_handle(),
             service: layer.layer(webhooks),
-        }
+        })
     }
 
     /// The handle to drain this receiver on shutdown; see

@@ -10,12 +10,22 @@ use common::*;
 
 #[tokio::test]
 async fn the_layer_guards_the_webhook_route_and_nothing_else() {
+    for route_helper in [true, false] {
+        guards_only_its_route(route_helper).await;
+    }
+}
+
+/// With `layer.route(webhooks)` (what the README shows) or the 0.2 mounting.
+async fn guards_only_its_route(route_helper: bool) {
     let (webhooks, runs) = counting_webhooks();
+    let layer = CariosanWebhookLayer::new(SECRET);
+    let route = if route_helper {
+        layer.route(webhooks)
+    } else {
+        post_service(webhooks).layer(layer)
+    };
     let app = Router::new()
-        .route(
-            "/webhooks/cariosan",
-            post_service(webhooks).layer(CariosanWebhookLayer::new(SECRET)),
-        )
+        .route("/webhooks/cariosan", route)
         .route("/healthz", get(|| async { "ok" }))
         .route(
             "/api/orders",

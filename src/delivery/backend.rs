@@ -10,6 +10,7 @@ use std::time::Duration;
 
 use futures_util::future::BoxFuture;
 
+use crate::dispatch::ResourceType;
 use crate::store::StoreError;
 use crate::verify::VerifiedDelivery;
 
@@ -31,6 +32,15 @@ pub trait DeliveryBackend: Send + Sync + 'static {
         delivery: &'a VerifiedDelivery,
         max_run_time: Duration,
     ) -> BoxFuture<'a, Result<Begin, StoreError>>;
+
+    /// The resource types its guards [`provide`](DeliveryGuard::provide),
+    /// so that handlers taking one it lacks are refused when they are
+    /// mounted ([`Webhooks::check_resources`](crate::Webhooks::check_resources)).
+    /// `None` (the default) declares nothing: the check then happens at
+    /// each delivery, answered `500 resource_missing` when it fails.
+    fn provides(&self) -> Option<Vec<ResourceType>> {
+        None
+    }
 }
 
 /// What [`DeliveryBackend::begin`] found.

@@ -1,3 +1,4 @@
+use std::any::type_name;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -8,7 +9,9 @@ use super::lease::LeaseBackend;
 use super::run::RunLimits;
 use super::service::DeliveryService;
 use super::shutdown::{Lifecycle, ShutdownHandle};
+use crate::dispatch::{MissingResource, Provided, ResourceType, Webhooks};
 use crate::store::{IdempotencyStore, MemoryStore};
+use crate::verify::VerifiedDelivery;
 
 /// How long handlers may run before the sender is answered `503` by
 /// default: Cariosan gives up on an answer after 10 s.
@@ -53,6 +56,8 @@ pub struct DeliveryLayer {
 #[derive(Clone)]
 pub(crate) struct DeliveryConfig {
     pub(crate) backend: Backend,
+    /// The backend's type, for messages.
+    pub(crate) backend_name: String,
     pub(crate) limits: RunLimits,
     pub(crate) retry_after: Duration,
     pub(crate) store_timeout: Duration,
@@ -100,6 +105,7 @@ impl DeliveryLayer {
         Self {
             config: Arc::new(DeliveryConfig {
                 backend: Backend::Lease(LeaseBackend::new(MemoryStore::new())),
+                backend_name: store_name::<MemoryStore>(),
                 limits: RunLimits {
                     budget: DEFAULT_HANDLER_BUDGET,
                     max_run_time: DEFAULT_MAX_RUN_TIME,
@@ -128,7 +134,8 @@ impl DeliveryLayer {
     /// Where delivery ids are claimed and remembered, under a lease
     /// (default: a [`MemoryStore`] of this layer's own; a `RedisStore` to
     /// share them between replicas).
-    pub fn store(mut self, store: impl IdempotencyStore) -> Self {
+    pub fn store<T: IdempotencyStore>(mut self, store: T) -> Self {
+        self.config_mut().backend_name = store_name::<T>();
         let store: Arc<dyn IdempotencyStore> = Arc::new(store);
         let backend = match &self.config.backend {
             Backend::Lease(lease) => lease.clone().with_store(store),
@@ -139,9 +146,30 @@ impl DeliveryLayer {
     }
 
     /// Records deliveries in `backend` instead of an idempotency store.
-    pub fn backend(mut self, backend: impl DeliveryBackend) -> Self {
-        self.config_mut().backend = Backend::Custom(Arc::new(backend));
+    pub fn backend<B: DeliveryBackend>(mut self, backend: B) -> Self {
+        let config = self.config_mut();
+        config.backend = Backend::Custom(Arc::new(backend));
+        config.backend_name = format!("the delivery backend {}", type_name::<B>());
         self
+    }
+
+    /// Whether this layer's backend provides every resource that
+    /// `webhooks`' handlers take (a `Tx` needs a `PostgresBackend`): see
+    /// [`Webhooks::check_resources`]. [`CariosanWebhookLayer::route`](crate::CariosanWebhookLayer::route)
+    /// calls it when it mounts them.
+    pub fn check<S: Clone + Send + Sync + 'static>(
+        &self,
+        webhooks: &Webhooks<S>,
+    ) -> Result<(), MissingResource> {
+        let provided = self.config.backend.get().provides().map(|mut types| {
+            // What the verification layer puts beside them.
+            types.push(ResourceType::of::<VerifiedDelivery>());
+            types
+        });
+        webhooks.check_resources(&Provided {
+            types: provided.as_deref(),
+            provider: &self.config.backend_name,
+        })
     }
 
     /// How long a claim holds without renewal (default 30 s). Running
@@ -221,6 +249,10 @@ impl DeliveryLayer {
             lifecycle: self.config.lifecycle.clone(),
         }
     }
+}
+
+fn store_name<T>() -> String {
+    format!("the idempotency store {}", type_name::<T>())
 }
 
 impl<S> Layer<S> for DeliveryLayer {

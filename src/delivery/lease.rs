@@ -7,6 +7,7 @@ use std::time::Duration;
 use futures_util::future::BoxFuture;
 
 use super::backend::{Begin, DeliveryBackend, DeliveryGuard, Finish, Generation};
+use crate::dispatch::ResourceType;
 use crate::store::{Claim, ClaimToken, IdempotencyStore, StoreError};
 use crate::verify::VerifiedDelivery;
 
@@ -109,6 +110,10 @@ impl std::fmt::Debug for LeaseBackend {
 }
 
 impl DeliveryBackend for LeaseBackend {
+    fn provides(&self) -> Option<Vec<ResourceType>> {
+        Some(vec![ResourceType::of::<Generation>()])
+    }
+
     fn begin<'a>(
         &'a self,
         delivery: &'a VerifiedDelivery,

@@ -3,6 +3,7 @@ use std::any::type_name;
 use http::Extensions;
 
 use super::error::HandlerError;
+use super::resources::ResourceType;
 
 /// What a handler's arguments after the [`Delivery`](super::Delivery) are
 /// taken from: the dispatcher's state and the resources the delivery
@@ -35,6 +36,13 @@ impl<'a, S> DeliveryContext<'a, S> {
 pub trait FromDelivery<S>: Sized + Send + 'static {
     /// Takes the argument.
     fn from_delivery(cx: &DeliveryContext<'_, S>) -> Result<Self, HandlerError>;
+
+    /// The resource this argument takes from what the delivery backend
+    /// provides, if any: checked when the handlers are mounted, so that a
+    /// backend that cannot give it is refused at start-up.
+    fn resource_type() -> Option<ResourceType> {
+        None
+    }
 }
 
 /// The dispatcher's state, as a handler argument: see
@@ -69,6 +77,10 @@ impl<S: Clone + Send + Sync + 'static> FromDelivery<S> for State<S> {
 pub struct Resource<R>(pub R);
 
 impl<S, R: Clone + Send + Sync + 'static> FromDelivery<S> for Resource<R> {
+    fn resource_type() -> Option<ResourceType> {
+        Some(ResourceType::of::<R>())
+    }
+
     fn from_delivery(cx: &DeliveryContext<'_, S>) -> Result<Self, HandlerError> {
         cx.resources.get::<R>().cloned().map(Self).ok_or_else(|| {
             HandlerError::msg(format_args!(

@@ -6,6 +6,7 @@ use futures_util::future::BoxFuture;
 use super::delivery::Delivery;
 use super::error::HandlerResult;
 use super::extract::{DeliveryContext, FromDelivery};
+use super::resources::ResourceType;
 
 /// An async function that handles deliveries of `T`: it takes the
 /// [`Delivery<T>`] first, then up to three [`FromDelivery`] arguments (the
@@ -20,6 +21,14 @@ pub trait Handler<T, S, Args>: Send + Sync + 'static {
         delivery: Delivery<T>,
         cx: &DeliveryContext<'_, S>,
     ) -> BoxFuture<'static, HandlerResult>;
+
+    /// The resources its arguments take ([`FromDelivery::resource_type`]).
+    fn resource_types() -> Vec<ResourceType>
+    where
+        Self: Sized,
+    {
+        Vec::new()
+    }
 }
 
 macro_rules! impl_handler {
@@ -31,6 +40,11 @@ macro_rules! impl_handler {
             T: Send + Sync + 'static,
             $($arg: FromDelivery<S>,)*
         {
+            fn resource_types() -> Vec<ResourceType> {
+                let all: &[Option<ResourceType>] = &[$($arg::resource_type(),)*];
+                all.iter().flatten().copied().collect()
+            }
+
             #[allow(non_snake_case, unused_variables)]
             fn call(
                 self: Arc<Self>,

@@ -44,12 +44,14 @@ mod error;
 mod extract;
 mod handler;
 mod outcome;
+mod resources;
 
 use std::any::type_name;
 use std::collections::HashMap;
 use std::convert::Infallible;
 use std::future::Future;
 use std::panic::AssertUnwindSafe;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::task::{Context, Poll};
 
@@ -64,6 +66,8 @@ pub use error::{HandlerError, HandlerResult};
 pub use extract::{DeliveryContext, FromDelivery, Resource, State};
 pub use handler::Handler;
 pub use outcome::Outcome;
+use resources::Needs;
+pub use resources::{MissingResource, Provided, ResourceType};
 
 use crate::delivery::not_verified;
 use crate::model::{
@@ -144,6 +148,10 @@ type GiveUpHook = Arc<dyn Fn(GivenUp) -> BoxFuture<'static, HandlerResult> + Sen
 /// registration order, so that handlers run in the order they were added.
 struct Routes<S> {
     handlers: Vec<Arc<RouteFn<S>>>,
+    /// What each handler takes from the resources, by the same index.
+    needs: Vec<Needs>,
+    /// Whether a delivery found a resource missing and said so.
+    missing_logged: Arc<AtomicBool>,
     by_type: HashMap<Box<str>, Vec<usize>>,
     any_unknown: Vec<usize>,
     malformed: Vec<Arc<MalformedFn<S>>>,
@@ -154,6 +162,8 @@ impl<S> Clone for Routes<S> {
     fn clone(&self) -> Self {
         Self {
             handlers: self.handlers.clone(),
+            needs: self.needs.clone(),
+            missing_logged: self.missing_logged.clone(),
             by_type: self.by_type.clone(),
             any_unknown: self.any_unknown.clone(),
             malformed: self.malformed.clone(),
@@ -166,6 +176,8 @@ impl<S> Default for Routes<S> {
     fn default() -> Self {
         Self {
             handlers: Vec::new(),
+            needs: Vec::new(),
+            missing_logged: Arc::default(),
             by_type: HashMap::new(),
             any_unknown: Vec::new(),
             malformed: Vec::new(),
@@ -329,9 +341,14 @@ impl<S: Clone + Send + Sync + 'static> Webhooks<S> {
                 ))))),
             }
         });
+        let needs = Needs {
+            event_types: describe(&selector),
+            resources: H::resource_types(),
+        };
         let routes = self.routes_mut();
         let index = routes.handlers.len();
         routes.handlers.push(route);
+        routes.needs.push(needs);
         let mut add = |wire: &str| {
             routes.by_type.entry(wire.into()).or_default().push(index);
         };
@@ -393,6 +410,26 @@ impl<S: Clone + Send + Sync + 'static> Webhooks<S> {
         self
     }
 
+    /// Whether every handler's resources are among what `provided`
+    /// declares: the first handler that takes one it lacks, if any. A
+    /// `provided` that declares nothing (`types: None`) passes, and is
+    /// checked at each delivery instead.
+    ///
+    /// The delivery layer, [`Receiver`](crate::Receiver) and inbox workers
+    /// call it at start-up; call it yourself to run these handlers from
+    /// elsewhere.
+    pub fn check_resources(&self, provided: &Provided<'_>) -> Result<(), MissingResource> {
+        match self
+            .routes
+            .needs
+            .iter()
+            .find_map(|needs| needs.first_missing(provided))
+        {
+            Some(missing) => Err(missing),
+            None => Ok(()),
+        }
+    }
+
     /// The state handlers take as [`State`].
     pub fn state(&self) -> &S {
         &self.state
@@ -430,6 +467,18 @@ impl<S: Clone + Send + Sync + 'static> Webhooks<S> {
         let ran = match (delivery.envelope(), delivery.malformed()) {
             (Some(envelope), _) => {
                 let matching = routes.matching(&envelope.event);
+                if let Some(missing) = matching
+                    .iter()
+                    .find_map(|&index| routes.needs[index].first_absent(resources))
+                {
+                    if !routes.missing_logged.swap(true, Ordering::Relaxed) {
+                        tracing::error!(
+                            %missing,
+                            "a handler takes a resource that nothing provides: no handler runs, and every such delivery is answered 500 resource_missing; mount the handlers with CariosanWebhookLayer::route to have this checked at start-up"
+                        );
+                    }
+                    return Outcome::ResourceMissing(missing);
+                }
                 run_in_turn(
                     matching
                         .iter()
@@ -480,6 +529,19 @@ impl<S: Clone + Send + Sync + 'static> Webhooks<S> {
             }
             other => other,
         }
+    }
+}
+
+/// A selection's event types, for messages.
+fn describe(selector: &EventSelector) -> String {
+    match selector {
+        EventSelector::Types(types) => types
+            .iter()
+            .map(EventType::as_str)
+            .collect::<Vec<_>>()
+            .join(", "),
+        EventSelector::AllKnown => "every known event type".to_owned(),
+        EventSelector::AllUnknown => "event types this version does not know".to_owned(),
     }
 }
 

@@ -3,6 +3,7 @@ use std::time::Duration;
 use http::{Response, StatusCode};
 
 use super::error::HandlerError;
+use super::resources::MissingResource;
 use crate::response::{answer, Answer, BytesBody};
 
 /// How [`Webhooks::handle`](super::Webhooks::handle) ended for one
@@ -29,6 +30,10 @@ pub enum Outcome {
     /// A handler returned [`HandlerError::retry_later`].
     /// `503 retry_later` with `Retry-After`.
     RetryLater(HandlerError),
+    /// A matching handler takes a resource that what runs it did not
+    /// provide (see [`Webhooks::check_resources`](super::Webhooks::check_resources)):
+    /// no handler ran. `500 resource_missing`.
+    ResourceMissing(MissingResource),
 }
 
 impl Outcome {
@@ -36,7 +41,9 @@ impl Outcome {
     pub fn status(&self) -> StatusCode {
         match self {
             Self::Handled | Self::Ignored | Self::GivenUp(_) => StatusCode::OK,
-            Self::Failed(_) | Self::Panicked | Self::Malformed => StatusCode::INTERNAL_SERVER_ERROR,
+            Self::Failed(_) | Self::Panicked | Self::Malformed | Self::ResourceMissing(_) => {
+                StatusCode::INTERNAL_SERVER_ERROR
+            }
             Self::RetryLater(_) => StatusCode::SERVICE_UNAVAILABLE,
         }
     }
@@ -51,6 +58,7 @@ impl Outcome {
             Self::Panicked => "handler_panicked",
             Self::Malformed => "event_malformed",
             Self::RetryLater(_) => "retry_later",
+            Self::ResourceMissing(_) => "resource_missing",
         }
     }
 

@@ -16,7 +16,7 @@ use super::{
     DEFAULT_ACQUIRE_TIMEOUT, DEFAULT_SCHEMA, NO_TENANT,
 };
 use crate::delivery::{Begin, DeliveryBackend, DeliveryGuard, Finish, DEFAULT_RETENTION};
-use crate::dispatch::{DeliveryContext, FromDelivery, HandlerError};
+use crate::dispatch::{DeliveryContext, FromDelivery, HandlerError, ResourceType};
 use crate::store::StoreError;
 use crate::verify::VerifiedDelivery;
 
@@ -140,6 +140,10 @@ impl PostgresBackend {
 }
 
 impl DeliveryBackend for PostgresBackend {
+    fn provides(&self) -> Option<Vec<ResourceType>> {
+        Some(vec![ResourceType::of::<Tx>()])
+    }
+
     fn begin<'a>(
         &'a self,
         delivery: &'a VerifiedDelivery,
@@ -379,6 +383,10 @@ impl Tx {
 }
 
 impl<S> FromDelivery<S> for Tx {
+    fn resource_type() -> Option<ResourceType> {
+        Some(ResourceType::of::<Tx>())
+    }
+
     fn from_delivery(cx: &DeliveryContext<'_, S>) -> Result<Self, HandlerError> {
         cx.resources().get::<Tx>().cloned().ok_or_else(|| {
             HandlerError::msg(

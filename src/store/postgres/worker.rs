@@ -27,7 +27,9 @@ use super::postgres_error;
 use super::transaction::{acquire, CommitError, RunTx};
 use super::transactional::Tx;
 use crate::delivery::{Generation, DEFAULT_MAX_RUN_TIME};
-use crate::dispatch::{GivenUp, HandlerError, Outcome, Webhooks};
+use crate::dispatch::{
+    GivenUp, HandlerError, MissingResource, Outcome, Provided, ResourceType, Webhooks,
+};
 use crate::model::EventId;
 use crate::store::StoreError;
 use crate::verify::VerifiedDelivery;
@@ -148,7 +150,25 @@ where
 
     /// Starts the workers on the current tokio runtime. They run until
     /// [`WorkersHandle::shutdown`]; dropping the handle leaves them running.
+    ///
+    /// # Panics
+    ///
+    /// If a handler takes a resource the inbox does not provide (it
+    /// provides [`Tx`] and [`Generation`]), naming the event type, the
+    /// argument's type and the inbox. [`try_start`](Self::try_start)
+    /// returns the error.
     pub fn start(self) -> WorkersHandle {
+        self.try_start()
+            .unwrap_or_else(|missing| panic!("{missing}"))
+    }
+
+    /// [`start`](Self::start), or the resource a handler takes that the
+    /// inbox does not provide; nothing starts then.
+    pub fn try_start(self) -> Result<WorkersHandle, MissingResource> {
+        self.webhooks.check_resources(&Provided {
+            types: Some(&[ResourceType::of::<Tx>(), ResourceType::of::<Generation>()]),
+            provider: "the inbox's workers",
+        })?;
         let stop = CancellationToken::new();
         let cancel = CancellationToken::new();
         let cancelled = Arc::new(AtomicUsize::new(0));
@@ -167,12 +187,12 @@ where
             tracker.spawn(work(shared.clone()).instrument(span));
         }
         tracker.close();
-        WorkersHandle {
+        Ok(WorkersHandle {
             stop,
             cancel,
             tracker,
             cancelled,
-        }
+        })
     }
 }
 
