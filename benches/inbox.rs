@@ -9,6 +9,8 @@
 //!   waking other replicas' workers by `LISTEN`/`NOTIFY`);
 //! - **workers**: the rows the ingest stored, drained by 4 and by 8 workers
 //!   whose handler inserts one row in the row's transaction;
+//! - **ordering**: 8 workers draining 3,000 of those rows unordered, keyed
+//!   over 500 keys, and all under one hot key, interleaved in each round;
 //! - **wake-up**: from a stored row to its handler starting, for a row this
 //!   process stored (its workers are woken at once) and for one another
 //!   replica stored (found by the 500 ms poll).
@@ -42,6 +44,7 @@ use support::SECRET;
 const INGEST_RUN: Duration = Duration::from_secs(5);
 const ROUNDS: usize = 3;
 const CONNECTIONS: usize = 16;
+const ORDERED_ROWS: i64 = 3000;
 
 fn main() {
     let args: Vec<String> = std::env::args().collect();
@@ -90,6 +93,7 @@ fn main() {
     let mut notify = Vec::new();
     let mut drain = [Vec::new(), Vec::new()];
     let mut drain_async = Vec::new();
+    let mut ordered = [Vec::new(), Vec::new(), Vec::new()];
     // The same drain without waiting for the WAL flush at commit: how much
     // of the workers' time is the two commits per delivery.
     let async_commit = runtime.block_on(async {
@@ -135,6 +139,9 @@ fn main() {
             drain[at].push(runtime.block_on(drain_with(&pool, workers, stored)));
         }
         drain_async.push(runtime.block_on(drain_with(&async_commit, 8, stored)));
+        for (at, keys) in [None, Some(500), Some(1)].into_iter().enumerate() {
+            ordered[at].push(runtime.block_on(drain_keyed(&pool, keys, stored.min(ORDERED_ROWS))));
+        }
     }
     let wake = runtime.block_on(wake_ups(&url));
 
@@ -164,6 +171,15 @@ fn main() {
         "8 workers, `synchronous_commit` off (where the time goes)",
         &mut drain_async,
     );
+    println!();
+    println!("| 8 workers, {ORDERED_ROWS} rows | deliveries/s | PostgreSQL CPU µs/delivery | worker process CPU µs/delivery |");
+    println!("|---|---|---|---|");
+    for (name, runs) in ["unordered", "ordered, 500 keys", "ordered, one hot key"]
+        .into_iter()
+        .zip(ordered.iter_mut())
+    {
+        print_drain(name, runs);
+    }
     println!();
     println!(
         "| wake-up, stored row to handler start (median of {}) | ms |",
@@ -280,13 +296,44 @@ async fn insert_effect(event: Delivery<Event>, tx: Tx) -> HandlerResult {
     Ok(())
 }
 
+/// Queues `rows` stored rows again, keyed over `keys` keys (in received
+/// order) or unkeyed, the rest done, then times 8 workers draining them.
+async fn drain_keyed(pool: &PgPool, keys: Option<i64>, rows: i64) -> Drain {
+    sqlx::query(
+        "WITH picked AS (SELECT delivery_id, row_number() OVER (ORDER BY delivery_id) AS n \
+           FROM cariosan_webhooks.inbox) \
+         UPDATE cariosan_webhooks.inbox AS row SET \
+           ordering_key = CASE WHEN $2::bigint IS NULL THEN NULL ELSE 'key ' || (picked.n % $2) END, \
+           event_at = row.received_at, \
+           status = CASE WHEN picked.n <= $1 THEN 'queued' ELSE 'done' END \
+         FROM picked WHERE picked.delivery_id = row.delivery_id",
+    )
+    .bind(rows)
+    .bind(keys)
+    .execute(pool)
+    .await
+    .unwrap();
+    drain_queued(pool, 8, rows).await
+}
+
 /// Queues every stored row again (the bench keeps bodies), then times
 /// `workers` workers draining them; deliveries/s.
 async fn drain_with(pool: &PgPool, workers: usize, rows: i64) -> Drain {
+    sqlx::raw_sql("UPDATE cariosan_webhooks.inbox SET status = 'queued', ordering_key = NULL")
+        .execute(pool)
+        .await
+        .unwrap();
+    drain_queued(pool, workers, rows).await
+}
+
+/// Times `workers` workers draining the queued rows, `rows` of them.
+async fn drain_queued(pool: &PgPool, workers: usize, rows: i64) -> Drain {
     sqlx::raw_sql(
         "TRUNCATE effects;
-         UPDATE cariosan_webhooks.inbox SET status = 'queued', outcome = NULL, attempts = 0,
-           recorded_attempts = 0, due_at = now() - interval '1 second', finished_at = NULL;",
+         UPDATE cariosan_webhooks.inbox SET outcome = NULL, attempts = 0,
+           recorded_attempts = 0, due_at = now() - interval '1 second', finished_at = NULL
+           WHERE status = 'queued';
+         DELETE FROM cariosan_webhooks.ordering_marks;",
     )
     .execute(pool)
     .await
@@ -308,11 +355,12 @@ async fn drain_with(pool: &PgPool, workers: usize, rows: i64) -> Drain {
     assert_eq!(
         count(
             pool,
-            "SELECT count(*) FROM cariosan_webhooks.inbox WHERE status = 'done'"
+            "SELECT count(*) FROM cariosan_webhooks.inbox WHERE status = 'queued'"
         )
         .await,
-        rows
+        0
     );
+    assert_eq!(count(pool, "SELECT count(*) FROM effects").await, rows);
     let per_delivery =
         |before: u64, after: u64| (after - before) as f64 / 100.0 * 1e6 / rows as f64;
     Drain {

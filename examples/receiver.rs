@@ -255,7 +255,9 @@ mod postgres {
     use axum::routing::{post_service, MethodRouter};
     use cariosan_webhooks::dispatch::EventSelector;
     use cariosan_webhooks::model::{Event, UnknownEvent};
-    use cariosan_webhooks::store::postgres::{sqlx, Inbox, PostgresBackend, RetrySchedule, Tx};
+    use cariosan_webhooks::store::postgres::{
+        sqlx, Inbox, OrderingKeys, PostgresBackend, RetrySchedule, StalePolicy, Tx,
+    };
     use cariosan_webhooks::{CariosanWebhookLayer, Delivery, HandlerResult, Webhooks};
 
     use super::{var, Error, Finish, Stop};
@@ -325,9 +327,27 @@ mod postgres {
             }
             schedule = schedule.max_attempts(attempts);
         }
-        let inbox = Inbox::new(pool.clone())
+        let mut inbox = Inbox::new(pool.clone())
             .retry(schedule)
             .keep_done_bodies(var("CARIOSAN_INBOX_KEEP_BODIES")?.unwrap_or(false));
+        if var::<u8>("CARIOSAN_INBOX_ORDERED")? == Some(1) {
+            inbox = inbox.ordered(OrderingKeys::default());
+            if let Some(ms) = var::<u64>("CARIOSAN_INBOX_HOLD_MS")? {
+                inbox = inbox.hold_for(Duration::from_millis(ms));
+            }
+            match std::env::var("CARIOSAN_INBOX_STALE").as_deref() {
+                Err(_) | Ok("run") => {}
+                Ok("supersede") => inbox = inbox.stale_deliveries(StalePolicy::Supersede),
+                Ok(other) => {
+                    return Err(format!(
+                        "CARIOSAN_INBOX_STALE={other:?}: choose \"run\" or \"supersede\""
+                    )
+                    .into())
+                }
+            }
+        } else if std::env::var_os("CARIOSAN_INBOX_HOLD_MS").is_some() {
+            return Err("CARIOSAN_INBOX_HOLD_MS needs CARIOSAN_INBOX_ORDERED=1".into());
+        }
         inbox.migrate().await?;
         create_effects_table(&pool, inbox.migration_lock_key()).await?;
         let workers_wanted = var::<usize>("CARIOSAN_INBOX_WORKERS")?.unwrap_or(4);
@@ -373,14 +393,20 @@ mod postgres {
             .bind(lock)
             .execute(&mut *conn)
             .await?;
-        let created = sqlx::query(
+        // `seq` and `started_at` say in which order runs started, and
+        // `stale` what an ordered inbox told the handler.
+        let created = sqlx::Executor::execute(
+            &mut *conn,
             "CREATE TABLE IF NOT EXISTS receiver_effects (
                 delivery_id text NOT NULL,
                 event_type text NOT NULL,
                 handled_at timestamptz NOT NULL DEFAULT now()
-            )",
+            );
+            ALTER TABLE receiver_effects
+                ADD COLUMN IF NOT EXISTS seq bigserial,
+                ADD COLUMN IF NOT EXISTS started_at timestamptz NOT NULL DEFAULT clock_timestamp(),
+                ADD COLUMN IF NOT EXISTS stale boolean NOT NULL DEFAULT false;",
         )
-        .execute(&mut *conn)
         .await;
         sqlx::query("SELECT pg_advisory_unlock($1)")
             .bind(lock)
@@ -397,13 +423,16 @@ mod postgres {
         *ABORT.get_or_init(|| std::env::var("CARIOSAN_DEMO_ABORT").is_ok_and(|v| v == "1"))
     }
 
-    async fn insert(tx: &Tx, id: &str, event_type: &str) -> HandlerResult {
+    async fn insert(tx: &Tx, id: &str, event_type: &str, stale: bool) -> HandlerResult {
         let mut conn = tx.conn().await?;
-        sqlx::query("INSERT INTO receiver_effects (delivery_id, event_type) VALUES ($1, $2)")
-            .bind(id)
-            .bind(event_type)
-            .execute(&mut *conn)
-            .await?;
+        sqlx::query(
+            "INSERT INTO receiver_effects (delivery_id, event_type, stale) VALUES ($1, $2, $3)",
+        )
+        .bind(id)
+        .bind(event_type)
+        .bind(stale)
+        .execute(&mut *conn)
+        .await?;
         if abort_after_insert() {
             eprintln!("CARIOSAN_DEMO_ABORT=1: aborting the process mid-handler");
             std::process::abort();
@@ -412,11 +441,11 @@ mod postgres {
     }
 
     async fn record(event: Delivery<Event>, tx: Tx) -> HandlerResult {
-        insert(&tx, event.id.as_str(), event.event_type()).await
+        insert(&tx, event.id.as_str(), event.event_type(), event.is_stale()).await
     }
 
     async fn record_unknown(event: Delivery<UnknownEvent>, tx: Tx) -> HandlerResult {
-        insert(&tx, event.id.as_str(), event.event_type()).await
+        insert(&tx, event.id.as_str(), event.event_type(), event.is_stale()).await
     }
 }
 

@@ -12,6 +12,7 @@
 //! | `cariosan_webhook_handler_duration_seconds` | histogram | `event_type` | how long a run's handlers took |
 //! | `cariosan_webhook_runs_cancelled_total` | counter | `reason` (`max_run_time`, `guard_lost`, `shutdown`, `session_lost`) | runs whose handlers were dropped |
 //! | `cariosan_webhook_store_errors_total` | counter | `operation` (`begin`, `finish`, `inbox_ingest`, `inbox_claim`, `inbox_finish`, `commit_ambiguous`) | the delivery backend or the inbox failing or not answering; `commit_ambiguous` is a commit whose answer was lost |
+//! | `cariosan_webhook_inbox_out_of_order_total` | counter | `reason` (`stale`, `dead_predecessor`), `event_type` | ordered inbox rows that ran (or were superseded) out of their key's order: a later row of the key was handled first, or an earlier one is dead |
 //! | `cariosan_webhook_inbox_runs_total` | counter | `result` (`done`, `retry`, `dead`, `lost`), `event_type` | inbox runs by how they ended; `lost` is a run whose process died or whose connection dropped |
 //!
 //! `event_type` is a type this version knows, or `unknown`: never an id.
@@ -129,6 +130,22 @@ pub(crate) fn run_cancelled(reason: &'static str) {
 pub(crate) fn store_error(operation: &'static str) {
     #[cfg(feature = "metrics")]
     metrics::counter!("cariosan_webhook_store_errors_total", "operation" => operation).increment(1);
+}
+
+/// An ordered inbox row that runs (or is superseded) out of its key's
+/// order: `stale` (a later row of its key was handled first) or
+/// `dead_predecessor` (an earlier row of its key is dead).
+#[cfg(feature = "postgres")]
+pub(crate) fn inbox_out_of_order(reason: &'static str, event_type: &str) {
+    #[cfg(feature = "metrics")]
+    metrics::counter!(
+        "cariosan_webhook_inbox_out_of_order_total",
+        "reason" => reason,
+        "event_type" => event_label(event_type),
+    )
+    .increment(1);
+    #[cfg(not(feature = "metrics"))]
+    let _ = (reason, event_type);
 }
 
 /// An inbox run's end: `done`, `retry`, `dead`, or `lost` (a run that did

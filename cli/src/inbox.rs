@@ -89,22 +89,35 @@ impl InboxCommand {
                 let width = |header: &str, column: fn(&InboxEntry) -> usize| {
                     entries.iter().map(column).fold(header.len(), usize::max)
                 };
+                let now = OffsetDateTime::now_utc();
+                let waits: Vec<String> = entries.iter().map(|e| waits(e, now)).collect();
                 let id_width = width("delivery", |e| e.id.chars().count());
                 let type_width = width("type", |e| e.event_type.chars().count());
+                let key_width = width("key", |e| {
+                    e.ordering_key
+                        .as_deref()
+                        .map_or(1, |key| key.chars().count())
+                });
+                let waits_width = waits
+                    .iter()
+                    .map(|w| w.chars().count())
+                    .fold("waits".len(), usize::max);
                 let _ = writeln!(
                     out,
-                    "{:<id_width$} {:<6} {:<type_width$} {:>8}  {:<20} last error",
-                    "delivery", "status", "type", "attempts", "received"
+                    "{:<id_width$} {:<6} {:<type_width$} {:>8}  {:<20} {:<key_width$} {:<waits_width$} last error",
+                    "delivery", "status", "type", "attempts", "received", "key", "waits"
                 );
-                for entry in &entries {
+                for (entry, waits) in entries.iter().zip(&waits) {
                     let _ = writeln!(
                         out,
-                        "{:<id_width$} {:<6} {:<type_width$} {:>8}  {:<20} {}",
+                        "{:<id_width$} {:<6} {:<type_width$} {:>8}  {:<20} {:<key_width$} {:<waits_width$} {}",
                         entry.id,
                         entry.status.as_str(),
                         entry.event_type,
                         entry.attempts,
                         when(entry.received_at),
+                        entry.ordering_key.as_deref().unwrap_or("-"),
+                        waits,
                         one_line(entry.last_error.as_deref().unwrap_or("-"), 60),
                     );
                 }
@@ -216,6 +229,12 @@ fn show(out: &mut impl Write, entry: &InboxEntry) {
         ),
         ("finished", optional(entry.finished_at)),
         (
+            "ordering key",
+            entry.ordering_key.clone().unwrap_or_else(|| "-".into()),
+        ),
+        ("event time", optional(entry.event_at)),
+        ("waits", waits(entry, OffsetDateTime::now_utc())),
+        (
             "body",
             entry
                 .body_len
@@ -228,6 +247,22 @@ fn show(out: &mut impl Write, entry: &InboxEntry) {
     ];
     for (name, value) in lines {
         let _ = writeln!(out, "{name:<20} {value}");
+    }
+}
+
+/// Why a queued row is not running: the earlier (or running) row of its
+/// key it waits for, or the time it is due; `running` or `-` otherwise.
+fn waits(entry: &InboxEntry, now: OffsetDateTime) -> String {
+    if entry.status != InboxStatus::Queued {
+        return "-".to_owned();
+    }
+    if entry.attempts > entry.attempts_ended {
+        return "running".to_owned();
+    }
+    match &entry.waits_for {
+        Some(before) => format!("behind {before}"),
+        None if entry.due_at > now => format!("until {}", when(entry.due_at)),
+        None => "-".to_owned(),
     }
 }
 

@@ -38,6 +38,7 @@ pub struct Delivery<T> {
     /// with the write and refuse a write with a smaller one: a run whose
     /// claim was taken over can then not overwrite its successor's work.
     pub generation: Option<u64>,
+    stale: bool,
     tenant: Option<Arc<str>>,
     data: Arc<T>,
 }
@@ -48,6 +49,22 @@ impl<T> Delivery<T> {
     /// or an inbox row stored by one); `None` otherwise.
     pub fn tenant(&self) -> Option<&str> {
         self.tenant.as_deref()
+    }
+
+    /// Whether the inbox, ordering deliveries by key, already handled a
+    /// later delivery of this one's key (by `created_at`, then id): this
+    /// one arrived late. A handler that keeps the latest state should then
+    /// not overwrite it. Always `false` outside an ordered inbox.
+    pub fn is_stale(&self) -> bool {
+        self.stale
+    }
+
+    /// This delivery, marked stale or not: for unit tests of a handler
+    /// that reads [`is_stale`](Self::is_stale).
+    #[must_use]
+    pub fn with_stale(mut self, stale: bool) -> Self {
+        self.stale = stale;
+        self
     }
 
     /// This delivery, as if it came for `tenant`: for unit tests of a
@@ -92,6 +109,7 @@ impl<T: Payload> Delivery<T> {
             attempt,
             signed_at,
             generation: None,
+            stale: false,
             tenant: None,
             data: T::from_event(&envelope.event)?,
         })
@@ -104,10 +122,15 @@ impl<T: Payload> Delivery<T> {
     ) -> Option<Self> {
         let mut typed = Self::of(envelope, delivery.attempt(), delivery.signed_at())?;
         typed.generation = generation(resources);
+        typed.stale = resources.get::<Stale>().is_some();
         typed.tenant = delivery.shared_tenant().cloned();
         Some(typed)
     }
 }
+
+/// Put in a run's resources by an ordered inbox: see [`Delivery::is_stale`].
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct Stale;
 
 fn generation(resources: &http::Extensions) -> Option<u64> {
     resources
@@ -128,6 +151,7 @@ impl Delivery<MalformedEvent> {
             attempt: delivery.attempt(),
             signed_at: delivery.signed_at(),
             generation: generation(resources),
+            stale: resources.get::<Stale>().is_some(),
             tenant: delivery.shared_tenant().cloned(),
             data: malformed.clone(),
         }

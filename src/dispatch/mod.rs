@@ -61,6 +61,8 @@ use http::{Extensions, Request, Response};
 use tower_service::Service;
 
 pub use delivery::Delivery;
+#[cfg(feature = "postgres")]
+pub(crate) use delivery::Stale;
 use error::Directive;
 pub use error::{HandlerError, HandlerResult};
 pub use extract::{DeliveryContext, FromDelivery, Resource, State};

@@ -18,6 +18,7 @@ use tokio::sync::Notify;
 use tower_service::Service;
 
 use super::monitor::SessionMonitor;
+use super::ordering::{Ordering, OrderingKeys, StalePolicy};
 use super::schedule::{Clock, RetrySchedule, WallClock};
 use super::transaction::{CommitError, RunTx};
 use super::worker::{CONTENT_EVENTS, CONTENT_EVENT_TYPES};
@@ -63,6 +64,7 @@ pub(super) struct InboxConfig {
     /// for their next poll.
     pub(super) wake: Arc<Notify>,
     pub(super) monitor: SessionMonitor,
+    pub(super) ordering: Option<Ordering>,
 }
 
 impl fmt::Debug for Inbox {
@@ -75,6 +77,7 @@ impl fmt::Debug for Inbox {
             .field("keep_done_bodies", &config.keep_done_bodies)
             .field("done_retention", &config.done_retention)
             .field("dead_retention", &config.dead_retention)
+            .field("ordering", &config.ordering)
             .finish_non_exhaustive()
     }
 }
@@ -96,6 +99,7 @@ impl Inbox {
                 acquire_timeout: DEFAULT_ACQUIRE_TIMEOUT,
                 wake: Arc::new(Notify::new()),
                 monitor: SessionMonitor::new(pool.clone()),
+                ordering: None,
             }),
         }
     }
@@ -185,6 +189,104 @@ impl Inbox {
     pub fn dead_retention(self, retention: Duration) -> Self {
         let retention = checked_retention("dead retention", retention, false);
         self.configure(|config| config.dead_retention = retention)
+    }
+
+    /// Runs deliveries that share a key in order, one at a time: see
+    /// [`OrderingKeys`] for the keys and the module docs for what it
+    /// guarantees. Off by default: every delivery runs as soon as it is
+    /// due. Ingest stores each delivery's key, so give every replica the
+    /// same keys; the workers of any replica keep the order of the keys
+    /// they find.
+    #[must_use]
+    pub fn ordered(self, keys: OrderingKeys) -> Self {
+        self.configure(|config| config.ordering = Some(Ordering::new(keys)))
+    }
+
+    fn ordering_mut<'a>(config: &'a mut InboxConfig, what: &str) -> &'a mut Ordering {
+        config.ordering.as_mut().unwrap_or_else(|| {
+            panic!("{what} applies to ordered deliveries: call .ordered(..) first")
+        })
+    }
+
+    /// A reorder window (default none): a delivery with a key runs no
+    /// earlier than `window` after it was stored, so that an earlier
+    /// delivery of its key that arrives within the window runs before it.
+    /// Every keyed delivery waits that long.
+    ///
+    /// # Panics
+    ///
+    /// If ordering is off ([`ordered`](Self::ordered)), or `window` is over
+    /// a day.
+    #[must_use]
+    pub fn hold_for(self, window: Duration) -> Self {
+        assert!(
+            window <= Duration::from_secs(24 * 3600),
+            "the reorder window must be at most a day"
+        );
+        self.configure(|config| Self::ordering_mut(config, "hold_for").hold_for = window)
+    }
+
+    /// What becomes of a stale delivery, one older than a delivery of its
+    /// key that was handled already (default [`StalePolicy::Run`]).
+    ///
+    /// # Panics
+    ///
+    /// If ordering is off.
+    #[must_use]
+    pub fn stale_deliveries(self, policy: StalePolicy) -> Self {
+        self.configure(|config| Self::ordering_mut(config, "stale_deliveries").stale = policy)
+    }
+
+    /// How long the successors of a dead delivery wait for it to be
+    /// replayed (default zero: they run at once). Past `wait` they run
+    /// anyway, each with a warning and the
+    /// `cariosan_webhook_inbox_out_of_order_total{reason="dead_predecessor"}` metric: a dead predecessor
+    /// never blocks its key for good.
+    ///
+    /// # Panics
+    ///
+    /// If ordering is off, or `wait` is over a day.
+    #[must_use]
+    pub fn after_dead_predecessor(self, wait: Duration) -> Self {
+        assert!(
+            wait <= Duration::from_secs(24 * 3600),
+            "the wait after a dead predecessor must be at most a day"
+        );
+        self.configure(|config| {
+            Self::ordering_mut(config, "after_dead_predecessor").dead_wait = wait;
+        })
+    }
+
+    /// What becomes of stale deliveries.
+    pub(super) fn stale_policy(&self) -> StalePolicy {
+        self.config
+            .ordering
+            .as_ref()
+            .map_or(StalePolicy::Run, |ordering| ordering.stale)
+    }
+
+    /// How long successors wait for a dead predecessor.
+    pub(super) fn dead_wait(&self) -> Duration {
+        self.config
+            .ordering
+            .as_ref()
+            .map_or(Duration::ZERO, |ordering| ordering.dead_wait)
+    }
+
+    fn entry_columns(&self) -> String {
+        ENTRY_COLUMNS.replace("{table}", &self.table())
+    }
+
+    pub(super) fn marks_table(&self) -> String {
+        format!("{}.ordering_marks", self.config.schema)
+    }
+
+    /// An SQL expression: the advisory key a run of `key` holds.
+    pub(super) fn ordering_lock(&self, tenant: &str, key: &str) -> String {
+        format!(
+            "pg_catalog.hashtextextended('cariosan-webhooks order ' || '{schema}' || pg_catalog.chr(31) || {tenant} || pg_catalog.chr(31) || {key}, 0)",
+            schema = self.config.schema,
+        )
     }
 
     /// How long ingest waits for a pool connection (default 2 s) before it
@@ -296,13 +398,19 @@ impl Inbox {
         let acquire = self.config.acquire_timeout;
         let mut tx = RunTx::begin(&self.pool, acquire, Some(acquire)).await?;
         // A content event of a message whose deletion was handled (a late
-        // retry of its creation, say) is stored without its text, done.
+        // retry of its creation, say) is stored without its text, done. A
+        // keyed row is not due before an earlier row of its key that waits
+        // for a retry: claims need not pass over it meanwhile.
         let sql = format!(
             "INSERT INTO {table} (tenant, delivery_id, event_type, message_ids, body, signed_at, \
-               sender_attempt, due_at, status, outcome, finished_at) \
+               sender_attempt, received_at, due_at, status, outcome, finished_at, ordering_key, event_at) \
              SELECT $1, $2, $3, $4, CASE WHEN late.gone THEN NULL ELSE $5 END, $6, $7, $8, \
+               greatest($9, (SELECT max(before.due_at) FROM {table} AS before WHERE $10::text IS NOT NULL \
+                 AND before.tenant = $1 AND before.ordering_key = $10 AND before.status = 'queued' \
+                 AND before.attempts = before.recorded_attempts \
+                 AND (before.event_at, before.delivery_id) < ($11, $2))), \
                CASE WHEN late.gone THEN 'done' ELSE 'queued' END, \
-               CASE WHEN late.gone THEN 'superseded' END, CASE WHEN late.gone THEN $8 END \
+               CASE WHEN late.gone THEN 'superseded' END, CASE WHEN late.gone THEN $8 END, $10, $11 \
              FROM (SELECT $3 IN {CONTENT_EVENTS} AND EXISTS (SELECT 1 FROM {deleted} \
                WHERE tenant = $1 AND message_id = ($4::text[])[1]) AS gone) AS late \
              ON CONFLICT DO NOTHING",
@@ -310,6 +418,16 @@ impl Inbox {
             deleted = self.deleted_table(),
         );
         let ids = message_ids(delivery);
+        let key = self
+            .config
+            .ordering
+            .as_ref()
+            .and_then(|ordering| ordering.keys.key_of(delivery));
+        let hold = match (&self.config.ordering, &key) {
+            (Some(ordering), Some(_)) => ordering.hold_for,
+            _ => Duration::ZERO,
+        };
+        let now = self.now();
         if CONTENT_EVENT_TYPES.contains(&delivery.event_type())
             && ids.first().is_some_and(|id| !id.is_empty())
         {
@@ -334,7 +452,10 @@ impl Inbox {
             .bind(body)
             .bind(delivery.signed_at())
             .bind(delivery.attempt().and_then(|a| i32::try_from(a).ok()))
-            .bind(self.now())
+            .bind(now)
+            .bind(now + hold)
+            .bind(key)
+            .bind(event_at(delivery))
             .execute(&mut *tx)
             .await;
         match inserted {
@@ -352,9 +473,11 @@ impl Inbox {
     /// Rows of this inbox's tenant, newest first, at most `limit`.
     pub async fn list(&self, filter: ListFilter) -> Result<Vec<InboxEntry>, StoreError> {
         let sql = format!(
-            "SELECT {ENTRY_COLUMNS} FROM {} WHERE tenant = $1 AND ($2::text IS NULL OR status = $2) \
-             ORDER BY received_at DESC, delivery_id LIMIT $3",
-            self.table()
+            "SELECT {columns} FROM {table} AS row WHERE row.tenant = $1 \
+             AND ($2::text IS NULL OR row.status = $2) \
+             ORDER BY row.received_at DESC, row.delivery_id LIMIT $3",
+            columns = self.entry_columns(),
+            table = self.table(),
         );
         let rows: Vec<PgRow> = sqlx::query(&sql)
             .bind(&*self.config.tenant)
@@ -369,8 +492,9 @@ impl Inbox {
     /// The row of delivery `id`, without its body.
     pub async fn get(&self, id: &str) -> Result<Option<InboxEntry>, StoreError> {
         let sql = format!(
-            "SELECT {ENTRY_COLUMNS} FROM {} WHERE tenant = $1 AND delivery_id = $2",
-            self.table()
+            "SELECT {columns} FROM {table} AS row WHERE row.tenant = $1 AND row.delivery_id = $2",
+            columns = self.entry_columns(),
+            table = self.table(),
         );
         let row: Option<PgRow> = sqlx::query(&sql)
             .bind(&*self.config.tenant)
@@ -518,10 +642,32 @@ impl Inbox {
         .execute(&self.pool)
         .await
         .map_err(postgres_error)?;
+        // A key's mark tells a late copy it is stale: kept as long as the
+        // rows it could be a copy of.
+        sqlx::query(&format!(
+            "DELETE FROM {marks} AS mark WHERE updated_at < $1 AND NOT EXISTS ( \
+               SELECT 1 FROM {table} WHERE tenant = mark.tenant AND ordering_key = mark.ordering_key \
+               AND status <> 'done')",
+            marks = self.marks_table(),
+            table = self.table(),
+        ))
+        .bind(now - self.config.done_retention.max(self.config.dead_retention))
+        .execute(&self.pool)
+        .await
+        .map_err(postgres_error)?;
         Ok(Pruned {
             done: done.unsigned_abs(),
             dead: dead.unsigned_abs(),
         })
+    }
+}
+
+/// The envelope's `created_at`, by which deliveries of a key are ordered.
+fn event_at(delivery: &VerifiedDelivery) -> Option<OffsetDateTime> {
+    match (delivery.envelope(), delivery.malformed()) {
+        (Some(envelope), _) => Some(envelope.created_at),
+        (None, Some(malformed)) => Some(malformed.created_at()),
+        (None, None) => None,
     }
 }
 
@@ -712,10 +858,27 @@ pub struct InboxEntry {
     /// A dead row whose `on_give_up` hook has not succeeded yet: the
     /// workers run it again.
     pub give_up_pending: bool,
+    /// Its ordering key, when it was stored with ordering on.
+    pub ordering_key: Option<String>,
+    /// Its envelope's `created_at`, by which rows of a key run.
+    pub event_at: Option<OffsetDateTime>,
+    /// A queued row of a key: the earliest row of its key that it waits
+    /// for (queued before it, or running), if any; a dead predecessor
+    /// within [`after_dead_predecessor`](Inbox::after_dead_predecessor) is
+    /// not shown.
+    pub waits_for: Option<String>,
 }
 
-const ENTRY_COLUMNS: &str = "tenant, delivery_id, event_type, status, outcome, attempts, recorded_attempts, sender_attempt, \
-     signed_at, received_at, due_at, finished_at, last_error, octet_length(body), error_kind, generation, give_up_pending";
+const ENTRY_COLUMNS: &str = "row.tenant, row.delivery_id, row.event_type, row.status, row.outcome, row.attempts, \
+     row.recorded_attempts, row.sender_attempt, row.signed_at, row.received_at, row.due_at, row.finished_at, \
+     row.last_error, octet_length(row.body), row.error_kind, row.generation, row.give_up_pending, \
+     row.ordering_key, row.event_at, CASE WHEN row.status = 'queued' AND row.ordering_key IS NOT NULL THEN ( \
+       SELECT before.delivery_id FROM {table} AS before WHERE before.tenant = row.tenant \
+       AND before.ordering_key = row.ordering_key AND before.status = 'queued' \
+       AND before.delivery_id <> row.delivery_id \
+       AND ((before.event_at, before.delivery_id) < (row.event_at, row.delivery_id) \
+         OR before.attempts > before.recorded_attempts) \
+       ORDER BY before.event_at, before.delivery_id LIMIT 1) END";
 
 impl TryFrom<PgRow> for InboxEntry {
     type Error = StoreError;
@@ -757,6 +920,9 @@ impl TryFrom<PgRow> for InboxEntry {
                 .map_err(postgres_error)?
                 .unsigned_abs(),
             give_up_pending: row.try_get(16).map_err(postgres_error)?,
+            ordering_key: row.try_get(17).map_err(postgres_error)?,
+            event_at: row.try_get(18).map_err(postgres_error)?,
+            waits_for: row.try_get(19).map_err(postgres_error)?,
         })
     }
 }

@@ -67,6 +67,24 @@ const MIGRATIONS: &[(i64, &str, &str)] = &[
         );
         CREATE INDEX deleted_messages_deleted_at ON {schema}.deleted_messages (deleted_at);",
     ),
+    (
+        4,
+        "inbox ordering keys",
+        "ALTER TABLE {schema}.inbox
+            ADD COLUMN ordering_key text,
+            ADD COLUMN event_at timestamptz,
+            ADD CONSTRAINT inbox_ordered_rows_have_a_time CHECK (ordering_key IS NULL OR event_at IS NOT NULL);
+        CREATE INDEX inbox_ordering ON {schema}.inbox (tenant, ordering_key, event_at, delivery_id)
+            WHERE ordering_key IS NOT NULL AND status <> 'done';
+        CREATE TABLE {schema}.ordering_marks (
+            tenant text NOT NULL,
+            ordering_key text NOT NULL,
+            event_at timestamptz NOT NULL,
+            delivery_id text NOT NULL,
+            updated_at timestamptz NOT NULL,
+            PRIMARY KEY (tenant, ordering_key)
+        );",
+    ),
 ];
 
 /// The advisory lock key for migrating `schema`: FNV-1a over a fixed

@@ -267,6 +267,24 @@
 //! that quotes one being deleted at the same moment) is a deadlock that
 //! PostgreSQL breaks: that run fails and is retried.
 //!
+//! **Ordering** ([`Inbox::ordered`], off by default). Each delivery is
+//! stored with a key ([`OrderingKeys`]: by message, by channel for member
+//! and channel events, by subject for moderation actions). A keyed row is
+//! not claimed while an earlier row of its key (by the envelope's
+//! `created_at`, then id) is queued, due or not, nor while any row of its
+//! key runs; keys run in parallel. A run takes its key's advisory lock and
+//! checks again under it, so that runs of a key never overlap; a row claimed
+//! out of turn gives its attempt back. Order holds among the rows present:
+//! a row that arrives after a later one of its key was handled is stale
+//! ([`Delivery::is_stale`](crate::Delivery::is_stale), or `superseded` with
+//! [`StalePolicy::Supersede`]); [`hold_for`](Inbox::hold_for) delays every
+//! keyed row by a window so that late predecessors within it run first. A
+//! dead row stops holding its key, at once or after
+//! [`after_dead_predecessor`](Inbox::after_dead_predecessor). The keys'
+//! latest handled rows are kept in `ordering_marks` (ids and times, no
+//! content) for the longer retention, and while a queued or dead row of
+//! the key is kept.
+//!
 //! **Operators.** [`list`](Inbox::list), [`get`](Inbox::get) (no body),
 //! [`body`](Inbox::body), [`replay`](Inbox::replay) (a dead or done row with
 //! its body, queued with fresh attempts), [`replay_dead`](Inbox::replay_dead),
@@ -278,6 +296,7 @@
 mod inbox;
 mod migrations;
 mod monitor;
+mod ordering;
 mod schedule;
 mod transaction;
 mod transactional;
@@ -293,6 +312,7 @@ pub use inbox::{
     DEFAULT_DEAD_RETENTION, DEFAULT_DONE_RETENTION,
 };
 pub use monitor::LOST_SESSION_BOUND;
+pub use ordering::{default_key, OrderingKeys, StalePolicy};
 pub use schedule::{Clock, ManualClock, RetrySchedule, WallClock, MAX_RETRY_DELAY};
 pub use transactional::{PostgresBackend, Tx};
 pub use worker::{Stopped, Workers, WorkersHandle, DEFAULT_CONCURRENCY, DEFAULT_POLL_INTERVAL};

@@ -23,6 +23,7 @@ use tracing::Instrument;
 
 use super::inbox::{message_ids, Inbox};
 use super::monitor::LOST_SESSION_BOUND;
+use super::ordering::StalePolicy;
 use super::postgres_error;
 use super::transaction::{acquire, CommitError, RunTx};
 use super::transactional::Tx;
@@ -265,6 +266,8 @@ struct Claimed {
     generation: i64,
     body: Option<Vec<u8>>,
     signed_at: i64,
+    /// Its ordering key, and its envelope's time, by which its key's rows run.
+    ordering: Option<(String, OffsetDateTime)>,
 }
 
 async fn work<S: Clone + Send + Sync + 'static>(shared: Arc<Shared<S>>) {
@@ -345,8 +348,19 @@ async fn work<S: Clone + Send + Sync + 'static>(shared: Arc<Shared<S>>) {
 
 /// What a claim returns: the key, the type, the attempt it counted, the
 /// generation, whether the attempt before was lost, the body (gone once dropped) and
-/// the signed time.
-type ClaimedRow = (String, String, String, i32, i64, bool, Option<Vec<u8>>, i64);
+/// the signed time, the ordering key and the envelope's time.
+type ClaimedRow = (
+    String,
+    String,
+    String,
+    i32,
+    i64,
+    bool,
+    Option<Vec<u8>>,
+    i64,
+    Option<String>,
+    Option<OffsetDateTime>,
+);
 
 /// What a sweep returns of a row it marked dead: its id, its type, its
 /// attempts, and whether the last was lost.
@@ -389,6 +403,10 @@ enum Record {
     },
     /// Cancelled by shutdown: due again now, the attempt given back.
     Again,
+    /// Claimed out of its key's order (a predecessor arrived, or another
+    /// run holds the key): due again now, the attempt given back, and not
+    /// claimed while it waits.
+    Waits,
 }
 
 impl<S: Clone + Send + Sync + 'static> Shared<S> {
@@ -413,15 +431,20 @@ impl<S: Clone + Send + Sync + 'static> Shared<S> {
                recorded_attempts = row.attempts, \
                generation = row.generation + CASE WHEN due.lost THEN 0 ELSE 1 END, \
                due_at = $1 + pg_catalog.make_interval(secs => CASE WHEN due.lost THEN $6 \
+                 WHEN row.ordering_key IS NOT NULL THEN $3 \
                  ELSE greatest($3, least($5, $4 * pg_catalog.power(2, least(row.attempts, 62)))) END), \
                last_error = CASE WHEN due.lost THEN {LOST_RUN_ERROR} ELSE row.last_error END, \
                error_kind = CASE WHEN due.lost THEN 'lost' ELSE row.error_kind END \
-             FROM (SELECT tenant, delivery_id, attempts > recorded_attempts AS lost FROM {table} \
+             FROM (SELECT tenant, delivery_id, attempts > recorded_attempts AS lost FROM {table} AS next \
                    WHERE status = 'queued' AND due_at <= $1 AND attempts < $2 \
+                   AND (ordering_key IS NULL OR attempts > recorded_attempts OR NOT EXISTS ( \
+                     SELECT 1 FROM {table} AS before WHERE {blocking})) \
                    ORDER BY due_at LIMIT 1 FOR UPDATE SKIP LOCKED) AS due \
              WHERE row.tenant = due.tenant AND row.delivery_id = due.delivery_id \
              RETURNING row.tenant, row.delivery_id, row.event_type, row.attempts, row.generation, \
-               due.lost, CASE WHEN due.lost THEN NULL ELSE row.body END, row.signed_at"
+               due.lost, CASE WHEN due.lost THEN NULL ELSE row.body END, row.signed_at, \
+               row.ordering_key, row.event_at",
+            blocking = blocking("next.tenant", "next.ordering_key", "next.delivery_id", "next.event_at", "$1", "$7"),
         ))
         .bind(inbox.now())
         .bind(i32::try_from(schedule.attempts()).unwrap_or(i32::MAX))
@@ -429,10 +452,23 @@ impl<S: Clone + Send + Sync + 'static> Shared<S> {
         .bind(first.as_secs_f64())
         .bind(cap.as_secs_f64())
         .bind(LOST_RUN_GRACE.as_secs_f64())
+        .bind(inbox.now() - inbox.dead_wait())
         .fetch_optional(&mut *conn)
         .await
         .map_err(postgres_error)?;
-        let Some((tenant, id, event_type, attempt, generation, lost, body, signed_at)) = row else {
+        let Some((
+            tenant,
+            id,
+            event_type,
+            attempt,
+            generation,
+            lost,
+            body,
+            signed_at,
+            ordering_key,
+            event_at,
+        )) = row
+        else {
             return Ok(Claim::Empty);
         };
         if lost {
@@ -448,6 +484,7 @@ impl<S: Clone + Send + Sync + 'static> Shared<S> {
             generation,
             body,
             signed_at,
+            ordering: ordering_key.zip(event_at),
         }))
     }
 
@@ -715,6 +752,37 @@ impl<S: Clone + Send + Sync + 'static> Shared<S> {
                 return;
             }
         }
+        let mut stale = false;
+        if let Some((key, _)) = &claimed.ordering {
+            let order = match self.in_order(&mut tx, claimed).await {
+                Ok(order) => order,
+                Err(error) => {
+                    crate::metrics::store_error("inbox_claim");
+                    tracing::warn!(error = %postgres_error(error), "could not check the row's place in its key's order");
+                    tx.rollback().await;
+                    return;
+                }
+            };
+            if order.blocked {
+                self.record(tx, claimed, Record::Waits, None).await;
+                return;
+            }
+            if order.after_dead {
+                crate::metrics::inbox_out_of_order("dead_predecessor", &claimed.event_type);
+                tracing::warn!(ordering_key = %key, "an earlier delivery of this key is dead: this one runs after it, out of order");
+            }
+            if order.stale {
+                crate::metrics::inbox_out_of_order("stale", &claimed.event_type);
+                if inbox.stale_policy() == StalePolicy::Supersede {
+                    tracing::info!(ordering_key = %key, "a later delivery of this key was handled first: this stale one is superseded");
+                    self.record(tx, claimed, Record::Done("superseded"), None)
+                        .await;
+                    return;
+                }
+                tracing::info!(ordering_key = %key, "a later delivery of this key was handled first: this one runs as stale");
+                stale = true;
+            }
+        }
         let (body, signed_at) = (&claimed.body, claimed.signed_at);
         let tenant = (!claimed.tenant.is_empty()).then(|| Arc::from(claimed.tenant.as_str()));
         let attempt = Some(claimed.attempt.unsigned_abs());
@@ -758,6 +826,9 @@ impl<S: Clone + Send + Sync + 'static> Shared<S> {
         let mut resources = Extensions::new();
         resources.insert(handle.clone());
         resources.insert(Generation(claimed.generation.unsigned_abs()));
+        if stale {
+            resources.insert(crate::dispatch::Stale);
+        }
         let started = tokio::time::Instant::now();
         crate::metrics::run_started();
         let ran = tokio::select! {
@@ -870,6 +941,66 @@ impl<S: Clone + Send + Sync + 'static> Shared<S> {
         self.record(tx, claimed, record, deleted.as_deref()).await;
     }
 
+    /// Takes the key's advisory lock, so that no two runs of a key
+    /// overlap whatever the claims saw, then looks at the key's other rows
+    /// under it. A key held by another run counts as blocked.
+    async fn in_order(&self, tx: &mut RunTx, claimed: &Claimed) -> Result<InOrder, sqlx::Error> {
+        let inbox = &self.inbox;
+        let Some((key, event_at)) = &claimed.ordering else {
+            return Ok(InOrder {
+                blocked: false,
+                stale: false,
+                after_dead: false,
+            });
+        };
+        let held: bool = sqlx::query_scalar(&format!(
+            "SELECT pg_catalog.pg_try_advisory_xact_lock({})",
+            inbox.ordering_lock("$1", "$2")
+        ))
+        .bind(&claimed.tenant)
+        .bind(key)
+        .fetch_one(&mut **tx)
+        .await?;
+        if !held {
+            return Ok(InOrder {
+                blocked: true,
+                stale: false,
+                after_dead: false,
+            });
+        }
+        // A statement of its own, after the lock: its snapshot sees what
+        // the key's previous run committed.
+        let table = inbox.table();
+        // The dead rows that count are those since the key's last handled
+        // row: the first successor past them says so, not every later one.
+        let (blocked, stale, after_dead): (bool, bool, bool) = sqlx::query_as(&format!(
+            "SELECT EXISTS (SELECT 1 FROM {table} AS before WHERE {blocking}), \
+               EXISTS (SELECT 1 FROM {marks} AS mark WHERE mark.tenant = $1 AND mark.ordering_key = $2 \
+                 AND (mark.event_at, mark.delivery_id) > ($4, $3)), \
+               EXISTS (SELECT 1 FROM {table} AS before WHERE before.tenant = $1 \
+                 AND before.ordering_key = $2 AND before.status = 'dead' \
+                 AND (before.event_at, before.delivery_id) < ($4, $3) \
+                 AND NOT EXISTS (SELECT 1 FROM {marks} AS mark WHERE mark.tenant = $1 \
+                   AND mark.ordering_key = $2 \
+                   AND (mark.event_at, mark.delivery_id) > (before.event_at, before.delivery_id)))",
+            blocking = blocking("$1", "$2", "$3", "$4", "$6", "$5"),
+            marks = inbox.marks_table(),
+        ))
+        .bind(&claimed.tenant)
+        .bind(key)
+        .bind(&claimed.id)
+        .bind(*event_at)
+        .bind(inbox.now() - inbox.dead_wait())
+        .bind(inbox.now())
+        .fetch_one(&mut **tx)
+        .await?;
+        Ok(InOrder {
+            blocked,
+            stale,
+            after_dead,
+        })
+    }
+
     /// Writes the row's new state in the run's transaction and commits it,
     /// with the handlers' effects when they succeeded.
     async fn record(
@@ -907,7 +1038,7 @@ impl<S: Clone + Send + Sync + 'static> Shared<S> {
             .await
             .map(drop);
         }
-        if locked.is_ok() && !matches!(record, Record::Again) {
+        if locked.is_ok() && !matches!(record, Record::Again | Record::Waits) {
             // Waits for a deletion of a message this row holds that is
             // committing now, so that the checks below see it.
             locked = sqlx::query(&format!(
@@ -1000,7 +1131,7 @@ impl<S: Clone + Send + Sync + 'static> Shared<S> {
                 .execute(&mut *tx)
                 .await
                 .map(drop),
-                Record::Again => sqlx::query(&format!(
+                Record::Again | Record::Waits => sqlx::query(&format!(
                     "UPDATE {table} AS row SET attempts = row.attempts - 1, \
                    recorded_attempts = row.attempts - 1, due_at = $3 {key}"
                 ))
@@ -1011,6 +1142,60 @@ impl<S: Clone + Send + Sync + 'static> Shared<S> {
                 .await
                 .map(drop),
             },
+        };
+        // A row whose handlers ran to an end moves its key's mark, by which
+        // a later-arriving earlier row is found stale.
+        let ran_to_an_end = matches!(
+            record,
+            Record::Done("handled" | "ignored")
+                | Record::Dead {
+                    outcome: "given_up",
+                    ..
+                }
+        );
+        // A row of a key that waits longer holds its successors that long:
+        // they are not due before it, so that claims do not pass over them
+        // meanwhile. Only a shortcut: claims check the order anyway.
+        let holds_key_until = match &record {
+            Record::Retry { after, .. } => Some(now + *after),
+            Record::Dead { .. } if !inbox.dead_wait().is_zero() && claimed.body.is_some() => {
+                Some(now + inbox.dead_wait())
+            }
+            _ => None,
+        };
+        let result = match (result, &claimed.ordering, holds_key_until) {
+            (Ok(()), Some((key, event_at)), Some(until)) => sqlx::query(&format!(
+                "UPDATE {table} SET due_at = $5 WHERE tenant = $1 AND ordering_key = $2 \
+                 AND status = 'queued' AND (event_at, delivery_id) > ($3, $4) AND due_at < $5"
+            ))
+            .bind(&claimed.tenant)
+            .bind(key)
+            .bind(*event_at)
+            .bind(&claimed.id)
+            .bind(until)
+            .execute(&mut *tx)
+            .await
+            .map(drop),
+            (result, ..) => result,
+        };
+        let result = match (result, &claimed.ordering) {
+            (Ok(()), Some((key, event_at))) if ran_to_an_end => sqlx::query(&format!(
+                "INSERT INTO {marks} AS mark (tenant, ordering_key, event_at, delivery_id, updated_at) \
+                 VALUES ($1, $2, $3, $4, $5) ON CONFLICT (tenant, ordering_key) DO UPDATE \
+                 SET event_at = excluded.event_at, delivery_id = excluded.delivery_id, \
+                   updated_at = excluded.updated_at \
+                 WHERE (mark.event_at, mark.delivery_id) < (excluded.event_at, excluded.delivery_id)",
+                marks = inbox.marks_table(),
+            ))
+            .bind(&claimed.tenant)
+            .bind(key)
+            .bind(*event_at)
+            .bind(&claimed.id)
+            .bind(now)
+            .execute(&mut *tx)
+            .await
+            .map(drop),
+            (result, _) => result,
         };
         let committed = match result {
             Ok(()) => tx.commit().await.map_err(CommitError::into_store_error),
@@ -1057,8 +1242,49 @@ impl<S: Clone + Send + Sync + 'static> Shared<S> {
             Record::Again => {
                 tracing::warn!("inbox run cancelled by shutdown; due again now");
             }
+            Record::Waits => {
+                tracing::debug!("claimed out of its key's order; it waits for its turn");
+            }
         }
     }
+}
+
+/// An SQL condition on the row aliased `before`: a row of the key of the
+/// row given by `tenant`, `key`, `id` and `event_at` that it must wait for.
+/// That is an earlier row of the key still queued, any row of the key
+/// running now (so that a late predecessor does not overlap its successor),
+/// or an earlier row that died after `dead_since`.
+///
+/// A run found lost counts as running until its lost-run grace ends: its
+/// handlers may still be cancelling in a live process. A dead row without
+/// its body (purged) cannot be replayed, so it holds nothing.
+fn blocking(
+    tenant: &str,
+    key: &str,
+    id: &str,
+    event_at: &str,
+    now: &str,
+    dead_since: &str,
+) -> String {
+    format!(
+        "before.tenant = {tenant} AND before.ordering_key = {key} AND before.delivery_id <> {id} \
+         AND before.status <> 'done' AND ( \
+           (before.status = 'queued' AND ((before.event_at, before.delivery_id) < ({event_at}, {id}) \
+              OR before.attempts > before.recorded_attempts \
+              OR (before.error_kind = 'lost' AND before.due_at > {now}))) \
+           OR (before.status = 'dead' AND before.finished_at > {dead_since} AND before.body IS NOT NULL \
+              AND (before.event_at, before.delivery_id) < ({event_at}, {id})))"
+    )
+}
+
+/// What a run of an ordered row found once it held its key.
+struct InOrder {
+    /// It must wait: a row before it is queued, running, or died recently.
+    blocked: bool,
+    /// A later row of its key was handled already.
+    stale: bool,
+    /// An earlier row of its key is dead.
+    after_dead: bool,
 }
 
 /// The event types whose body is the content of the message they name
