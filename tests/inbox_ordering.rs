@@ -449,6 +449,35 @@ async fn without_a_window_late_deliveries_are_stale_or_superseded_and_the_rest_i
         ran(strict.pool()).await,
         vec![("evt_strict_2".into(), false)]
     );
+
+    // A stale deletion still runs: a moderation action on the message,
+    // created after it, was handled first.
+    let mut action = event("moderation.action", "evt_strict_mod", at(9));
+    action["data"]["message_id"] = json!("msg_strict");
+    let action = serde_json::to_vec(&action).unwrap();
+    send_signed(strict_addr, "evt_strict_mod", "moderation.action", &action).await;
+    wait_for(&strict, "evt_strict_mod", finished).await;
+    let deletion = message("message.deleted", "evt_strict_del", at(5), "msg_strict");
+    send_signed(
+        strict_addr,
+        &deletion.id,
+        deletion.event_type,
+        &deletion.body,
+    )
+    .await;
+    let entry = wait_for(&strict, &deletion.id, finished).await;
+    assert_eq!(entry.outcome.as_deref(), Some("handled"));
+    assert_eq!(
+        ran(strict.pool()).await.last(),
+        Some(&("evt_strict_del".to_owned(), true))
+    );
+    let remembered: i64 = sqlx::query_scalar(
+        "SELECT count(*) FROM cariosan_webhooks.deleted_messages WHERE message_id = 'msg_strict'",
+    )
+    .fetch_one(strict.pool())
+    .await
+    .unwrap();
+    assert_eq!(remembered, 1, "the stale deletion was recorded");
     workers.shutdown(Duration::from_secs(2)).await;
 }
 
@@ -610,6 +639,7 @@ async fn a_replica_killed_mid_run_keeps_its_keys_order() {
         ("DATABASE_URL", url.as_str()),
         ("CARIOSAN_WEBHOOK_MODE", "inbox"),
         ("CARIOSAN_INBOX_ORDERED", "1"),
+        ("CARIOSAN_INBOX_FIRST_RETRY_MS", "60000"),
         ("CARIOSAN_INBOX_POLL_MS", "20"),
     ];
     let mut slow_env = env.to_vec();
@@ -644,12 +674,13 @@ async fn a_replica_killed_mid_run_keeps_its_keys_order() {
     tokio::task::block_in_place(|| slow.kill());
     let killed = Instant::now();
 
-    // Found lost within the claim's 1 s hold and run again 5 s later, not
-    // after the row's 10 s backoff: its key waits for it.
+    // Found lost once the claim's hold ends (at most 10 s for a keyed
+    // row) and run again 5 s later, not after the row's 60 s backoff: its
+    // key waits for it.
     let _fresh = ReceiverProcess::start(&env);
     wait_until_done(&pool, 2, Duration::from_secs(30)).await;
     assert!(
-        killed.elapsed() < Duration::from_secs(12),
+        killed.elapsed() < Duration::from_secs(25),
         "the key waited {:?}",
         killed.elapsed()
     );

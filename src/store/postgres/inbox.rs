@@ -403,8 +403,8 @@ impl Inbox {
         // for a retry: claims need not pass over it meanwhile.
         let sql = format!(
             "INSERT INTO {table} (tenant, delivery_id, event_type, message_ids, body, signed_at, \
-               sender_attempt, received_at, due_at, status, outcome, finished_at, ordering_key, event_at) \
-             SELECT $1, $2, $3, $4, CASE WHEN late.gone THEN NULL ELSE $5 END, $6, $7, $8, \
+               sender_attempt, due_at, status, outcome, finished_at, ordering_key, event_at) \
+             SELECT $1, $2, $3, $4, CASE WHEN late.gone THEN NULL ELSE $5 END, $6, $7, \
                greatest($9, (SELECT max(before.due_at) FROM {table} AS before WHERE $10::text IS NOT NULL \
                  AND before.tenant = $1 AND before.ordering_key = $10 AND before.status = 'queued' \
                  AND before.attempts = before.recorded_attempts \

@@ -101,7 +101,8 @@ pub enum StalePolicy {
     #[default]
     Run,
     /// It ends `superseded` without running, its body dropped as a done
-    /// row's is.
+    /// row's is. A `message.deleted` runs all the same: its message's text
+    /// must go.
     Supersede,
 }
 

@@ -54,6 +54,14 @@ const CLAIM_GRACE: Duration = Duration::from_secs(1);
 /// session ended ([`LOST_SESSION_BOUND`]), so that two runs of a delivery
 /// never overlap, with room for the replicas' clocks to differ.
 const LOST_RUN_GRACE: Duration = Duration::from_secs(5);
+
+/// The longest a keyed row's claim holds it before a claim may find its run
+/// lost, whatever its backoff: its whole key waits for a lost run. Its run
+/// holds the row lock long before.
+const KEYED_CLAIM_HOLD: Duration = Duration::from_secs(10);
+
+/// How long a row claimed while another run holds its key waits.
+const KEY_HELD_RETRY: Duration = Duration::from_secs(1);
 const _: () = assert!(LOST_RUN_GRACE.as_millis() >= 2 * LOST_SESSION_BOUND.as_millis());
 
 /// Undoes the handlers' effects, keeping the run's own bookkeeping.
@@ -404,9 +412,11 @@ enum Record {
     /// Cancelled by shutdown: due again now, the attempt given back.
     Again,
     /// Claimed out of its key's order (a predecessor arrived, or another
-    /// run holds the key): due again now, the attempt given back, and not
-    /// claimed while it waits.
-    Waits,
+    /// run holds the key): due again after `after`, the attempt given back;
+    /// not claimed while its predecessor is there.
+    Waits {
+        after: Duration,
+    },
 }
 
 impl<S: Clone + Send + Sync + 'static> Shared<S> {
@@ -431,7 +441,8 @@ impl<S: Clone + Send + Sync + 'static> Shared<S> {
                recorded_attempts = row.attempts, \
                generation = row.generation + CASE WHEN due.lost THEN 0 ELSE 1 END, \
                due_at = $1 + pg_catalog.make_interval(secs => CASE WHEN due.lost THEN $6 \
-                 WHEN row.ordering_key IS NOT NULL THEN $3 \
+                 WHEN row.ordering_key IS NOT NULL \
+                   THEN least($8, greatest($3, least($5, $4 * pg_catalog.power(2, least(row.attempts, 62))))) \
                  ELSE greatest($3, least($5, $4 * pg_catalog.power(2, least(row.attempts, 62)))) END), \
                last_error = CASE WHEN due.lost THEN {LOST_RUN_ERROR} ELSE row.last_error END, \
                error_kind = CASE WHEN due.lost THEN 'lost' ELSE row.error_kind END \
@@ -453,6 +464,7 @@ impl<S: Clone + Send + Sync + 'static> Shared<S> {
         .bind(cap.as_secs_f64())
         .bind(LOST_RUN_GRACE.as_secs_f64())
         .bind(inbox.now() - inbox.dead_wait())
+        .bind(KEYED_CLAIM_HOLD.as_secs_f64())
         .fetch_optional(&mut *conn)
         .await
         .map_err(postgres_error)?;
@@ -763,8 +775,9 @@ impl<S: Clone + Send + Sync + 'static> Shared<S> {
                     return;
                 }
             };
-            if order.blocked {
-                self.record(tx, claimed, Record::Waits, None).await;
+            if let Some(after) = order.wait {
+                self.record(tx, claimed, Record::Waits { after }, None)
+                    .await;
                 return;
             }
             if order.after_dead {
@@ -773,7 +786,10 @@ impl<S: Clone + Send + Sync + 'static> Shared<S> {
             }
             if order.stale {
                 crate::metrics::inbox_out_of_order("stale", &claimed.event_type);
-                if inbox.stale_policy() == StalePolicy::Supersede {
+                // A deletion always runs: its message's text must go.
+                if inbox.stale_policy() == StalePolicy::Supersede
+                    && claimed.event_type != "message.deleted"
+                {
                     tracing::info!(ordering_key = %key, "a later delivery of this key was handled first: this stale one is superseded");
                     self.record(tx, claimed, Record::Done("superseded"), None)
                         .await;
@@ -948,7 +964,7 @@ impl<S: Clone + Send + Sync + 'static> Shared<S> {
         let inbox = &self.inbox;
         let Some((key, event_at)) = &claimed.ordering else {
             return Ok(InOrder {
-                blocked: false,
+                wait: None,
                 stale: false,
                 after_dead: false,
             });
@@ -963,7 +979,7 @@ impl<S: Clone + Send + Sync + 'static> Shared<S> {
         .await?;
         if !held {
             return Ok(InOrder {
-                blocked: true,
+                wait: Some(KEY_HELD_RETRY),
                 stale: false,
                 after_dead: false,
             });
@@ -982,7 +998,7 @@ impl<S: Clone + Send + Sync + 'static> Shared<S> {
                  AND (before.event_at, before.delivery_id) < ($4, $3) \
                  AND NOT EXISTS (SELECT 1 FROM {marks} AS mark WHERE mark.tenant = $1 \
                    AND mark.ordering_key = $2 \
-                   AND (mark.event_at, mark.delivery_id) > (before.event_at, before.delivery_id)))",
+                   AND (mark.event_at, mark.delivery_id) >= (before.event_at, before.delivery_id)))",
             blocking = blocking("$1", "$2", "$3", "$4", "$6", "$5"),
             marks = inbox.marks_table(),
         ))
@@ -995,7 +1011,7 @@ impl<S: Clone + Send + Sync + 'static> Shared<S> {
         .fetch_one(&mut **tx)
         .await?;
         Ok(InOrder {
-            blocked,
+            wait: blocked.then_some(Duration::ZERO),
             stale,
             after_dead,
         })
@@ -1038,7 +1054,7 @@ impl<S: Clone + Send + Sync + 'static> Shared<S> {
             .await
             .map(drop);
         }
-        if locked.is_ok() && !matches!(record, Record::Again | Record::Waits) {
+        if locked.is_ok() && !matches!(record, Record::Again | Record::Waits { .. }) {
             // Waits for a deletion of a message this row holds that is
             // committing now, so that the checks below see it.
             locked = sqlx::query(&format!(
@@ -1131,13 +1147,16 @@ impl<S: Clone + Send + Sync + 'static> Shared<S> {
                 .execute(&mut *tx)
                 .await
                 .map(drop),
-                Record::Again | Record::Waits => sqlx::query(&format!(
+                Record::Again | Record::Waits { .. } => sqlx::query(&format!(
                     "UPDATE {table} AS row SET attempts = row.attempts - 1, \
                    recorded_attempts = row.attempts - 1, due_at = $3 {key}"
                 ))
                 .bind(&claimed.tenant)
                 .bind(&claimed.id)
-                .bind(now)
+                .bind(match &record {
+                    Record::Waits { after } => now + *after,
+                    _ => now,
+                })
                 .execute(&mut *tx)
                 .await
                 .map(drop),
@@ -1153,20 +1172,19 @@ impl<S: Clone + Send + Sync + 'static> Shared<S> {
                     ..
                 }
         );
-        // A row of a key that waits longer holds its successors that long:
-        // they are not due before it, so that claims do not pass over them
-        // meanwhile. Only a shortcut: claims check the order anyway.
+        // A row of a key that waits for a retry holds its successors that
+        // long: they are not due before it, so that claims do not pass over
+        // them meanwhile. Rows in a lost run's grace are left alone: a later
+        // due time would make them count as running longer.
         let holds_key_until = match &record {
             Record::Retry { after, .. } => Some(now + *after),
-            Record::Dead { .. } if !inbox.dead_wait().is_zero() && claimed.body.is_some() => {
-                Some(now + inbox.dead_wait())
-            }
             _ => None,
         };
         let result = match (result, &claimed.ordering, holds_key_until) {
             (Ok(()), Some((key, event_at)), Some(until)) => sqlx::query(&format!(
                 "UPDATE {table} SET due_at = $5 WHERE tenant = $1 AND ordering_key = $2 \
-                 AND status = 'queued' AND (event_at, delivery_id) > ($3, $4) AND due_at < $5"
+                 AND status = 'queued' AND (event_at, delivery_id) > ($3, $4) AND due_at < $5 \
+                 AND attempts = recorded_attempts AND error_kind IS DISTINCT FROM 'lost'"
             ))
             .bind(&claimed.tenant)
             .bind(key)
@@ -1242,7 +1260,7 @@ impl<S: Clone + Send + Sync + 'static> Shared<S> {
             Record::Again => {
                 tracing::warn!("inbox run cancelled by shutdown; due again now");
             }
-            Record::Waits => {
+            Record::Waits { .. } => {
                 tracing::debug!("claimed out of its key's order; it waits for its turn");
             }
         }
@@ -1279,8 +1297,10 @@ fn blocking(
 
 /// What a run of an ordered row found once it held its key.
 struct InOrder {
-    /// It must wait: a row before it is queued, running, or died recently.
-    blocked: bool,
+    /// It must wait, this long: another run holds its key, or a row before
+    /// it is queued, running, or died recently (then no claim takes it
+    /// while that lasts).
+    wait: Option<Duration>,
     /// A later row of its key was handled already.
     stale: bool,
     /// An earlier row of its key is dead.
