@@ -335,12 +335,13 @@ async fn drain_with(pool: &PgPool, workers: usize, rows: i64) -> Drain {
     drain_queued(pool, workers, rows).await
 }
 
-/// Times `workers` workers draining the queued rows, `rows` of them.
+/// Times `workers` workers draining the queued rows, `rows` of them, due
+/// in the order they arrived.
 async fn drain_queued(pool: &PgPool, workers: usize, rows: i64) -> Drain {
     sqlx::raw_sql(
         "TRUNCATE effects;
          UPDATE cariosan_webhooks.inbox SET outcome = NULL, attempts = 0,
-           recorded_attempts = 0, due_at = now() - interval '1 second', finished_at = NULL
+           recorded_attempts = 0, due_at = received_at, finished_at = NULL, error_kind = NULL
            WHERE status = 'queued';
          DELETE FROM cariosan_webhooks.ordering_marks;",
     )

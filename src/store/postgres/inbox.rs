@@ -401,14 +401,22 @@ impl Inbox {
         // retry of its creation, say) is stored without its text, done. A
         // keyed row is not due before an earlier row of its key that waits
         // for a retry: claims need not pass over it meanwhile.
+        let key = self
+            .config
+            .ordering
+            .as_ref()
+            .and_then(|ordering| ordering.keys.key_of(delivery));
+        let keyed_due_at = format!(
+            "greatest($9, (SELECT max(before.due_at) FROM {table} AS before \
+               WHERE before.tenant = $1 AND before.ordering_key = $10 AND before.status = 'queued' \
+               AND before.attempts = before.recorded_attempts \
+               AND (before.event_at, before.delivery_id) < ($11, $2)))",
+            table = self.table(),
+        );
         let sql = format!(
             "INSERT INTO {table} (tenant, delivery_id, event_type, message_ids, body, signed_at, \
                sender_attempt, due_at, status, outcome, finished_at, ordering_key, event_at) \
-             SELECT $1, $2, $3, $4, CASE WHEN late.gone THEN NULL ELSE $5 END, $6, $7, \
-               greatest($9, (SELECT max(before.due_at) FROM {table} AS before WHERE $10::text IS NOT NULL \
-                 AND before.tenant = $1 AND before.ordering_key = $10 AND before.status = 'queued' \
-                 AND before.attempts = before.recorded_attempts \
-                 AND (before.event_at, before.delivery_id) < ($11, $2))), \
+             SELECT $1, $2, $3, $4, CASE WHEN late.gone THEN NULL ELSE $5 END, $6, $7, {due_at}, \
                CASE WHEN late.gone THEN 'done' ELSE 'queued' END, \
                CASE WHEN late.gone THEN 'superseded' END, CASE WHEN late.gone THEN $8 END, $10, $11 \
              FROM (SELECT $3 IN {CONTENT_EVENTS} AND EXISTS (SELECT 1 FROM {deleted} \
@@ -416,13 +424,9 @@ impl Inbox {
              ON CONFLICT DO NOTHING",
             table = self.table(),
             deleted = self.deleted_table(),
+            due_at = if key.is_some() { keyed_due_at.as_str() } else { "$9" },
         );
         let ids = message_ids(delivery);
-        let key = self
-            .config
-            .ordering
-            .as_ref()
-            .and_then(|ordering| ordering.keys.key_of(delivery));
         let hold = match (&self.config.ordering, &key) {
             (Some(ordering), Some(_)) => ordering.hold_for,
             _ => Duration::ZERO,

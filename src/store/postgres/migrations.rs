@@ -74,8 +74,11 @@ const MIGRATIONS: &[(i64, &str, &str)] = &[
             ADD COLUMN ordering_key text,
             ADD COLUMN event_at timestamptz,
             ADD CONSTRAINT inbox_ordered_rows_have_a_time CHECK (ordering_key IS NULL OR event_at IS NOT NULL);
-        CREATE INDEX inbox_ordering ON {schema}.inbox (tenant, ordering_key, event_at, delivery_id)
+        CREATE INDEX inbox_ordering ON {schema}.inbox (tenant, ordering_key, status, event_at, delivery_id)
             WHERE ordering_key IS NOT NULL AND status <> 'done';
+        CREATE INDEX inbox_ordering_running ON {schema}.inbox (tenant, ordering_key)
+            WHERE ordering_key IS NOT NULL AND status = 'queued'
+              AND (attempts > recorded_attempts OR error_kind = 'lost');
         CREATE TABLE {schema}.ordering_marks (
             tenant text NOT NULL,
             ordering_key text NOT NULL,

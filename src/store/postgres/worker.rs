@@ -448,14 +448,13 @@ impl<S: Clone + Send + Sync + 'static> Shared<S> {
                error_kind = CASE WHEN due.lost THEN 'lost' ELSE row.error_kind END \
              FROM (SELECT tenant, delivery_id, attempts > recorded_attempts AS lost FROM {table} AS next \
                    WHERE status = 'queued' AND due_at <= $1 AND attempts < $2 \
-                   AND (ordering_key IS NULL OR attempts > recorded_attempts OR NOT EXISTS ( \
-                     SELECT 1 FROM {table} AS before WHERE {blocking})) \
+                   AND (ordering_key IS NULL OR attempts > recorded_attempts OR NOT {blocking}) \
                    ORDER BY due_at LIMIT 1 FOR UPDATE SKIP LOCKED) AS due \
              WHERE row.tenant = due.tenant AND row.delivery_id = due.delivery_id \
              RETURNING row.tenant, row.delivery_id, row.event_type, row.attempts, row.generation, \
                due.lost, CASE WHEN due.lost THEN NULL ELSE row.body END, row.signed_at, \
                row.ordering_key, row.event_at",
-            blocking = blocking("next.tenant", "next.ordering_key", "next.delivery_id", "next.event_at", "$1", "$7"),
+            blocking = blocking(&table, "next.tenant", "next.ordering_key", "next.delivery_id", "next.event_at", "$1", "$7"),
         ))
         .bind(inbox.now())
         .bind(i32::try_from(schedule.attempts()).unwrap_or(i32::MAX))
@@ -990,7 +989,7 @@ impl<S: Clone + Send + Sync + 'static> Shared<S> {
         // The dead rows that count are those since the key's last handled
         // row: the first successor past them says so, not every later one.
         let (blocked, stale, after_dead): (bool, bool, bool) = sqlx::query_as(&format!(
-            "SELECT EXISTS (SELECT 1 FROM {table} AS before WHERE {blocking}), \
+            "SELECT {blocking}, \
                EXISTS (SELECT 1 FROM {marks} AS mark WHERE mark.tenant = $1 AND mark.ordering_key = $2 \
                  AND (mark.event_at, mark.delivery_id) > ($4, $3)), \
                EXISTS (SELECT 1 FROM {table} AS before WHERE before.tenant = $1 \
@@ -999,7 +998,7 @@ impl<S: Clone + Send + Sync + 'static> Shared<S> {
                  AND NOT EXISTS (SELECT 1 FROM {marks} AS mark WHERE mark.tenant = $1 \
                    AND mark.ordering_key = $2 \
                    AND (mark.event_at, mark.delivery_id) >= (before.event_at, before.delivery_id)))",
-            blocking = blocking("$1", "$2", "$3", "$4", "$6", "$5"),
+            blocking = blocking(&table, "$1", "$2", "$3", "$4", "$6", "$5"),
             marks = inbox.marks_table(),
         ))
         .bind(&claimed.tenant)
@@ -1267,16 +1266,20 @@ impl<S: Clone + Send + Sync + 'static> Shared<S> {
     }
 }
 
-/// An SQL condition on the row aliased `before`: a row of the key of the
-/// row given by `tenant`, `key`, `id` and `event_at` that it must wait for.
-/// That is an earlier row of the key still queued, any row of the key
-/// running now (so that a late predecessor does not overlap its successor),
-/// or an earlier row that died after `dead_since`.
+/// An SQL condition: the row given by `tenant`, `key`, `id` and `event_at`
+/// must wait for another row of its key in `table`. That is an earlier row
+/// of the key still queued, any row of the key running now (so that a late
+/// predecessor does not overlap its successor), or an earlier row that died
+/// after `dead_since`. Three probes, each served by an index of its own, so
+/// that a claim passing over a key's waiting rows stays cheap. The first
+/// walks back from the row: its nearest predecessor is found at once, not
+/// after the index entries that the key's finished rows left behind.
 ///
 /// A run found lost counts as running until its lost-run grace ends: its
 /// handlers may still be cancelling in a live process. A dead row without
 /// its body (purged) cannot be replayed, so it holds nothing.
 fn blocking(
+    table: &str,
     tenant: &str,
     key: &str,
     id: &str,
@@ -1284,14 +1287,18 @@ fn blocking(
     now: &str,
     dead_since: &str,
 ) -> String {
+    let same_key = format!("before.tenant = {tenant} AND before.ordering_key = {key}");
+    let earlier = format!("(before.event_at, before.delivery_id) < ({event_at}, {id})");
     format!(
-        "before.tenant = {tenant} AND before.ordering_key = {key} AND before.delivery_id <> {id} \
-         AND before.status <> 'done' AND ( \
-           (before.status = 'queued' AND ((before.event_at, before.delivery_id) < ({event_at}, {id}) \
-              OR before.attempts > before.recorded_attempts \
-              OR (before.error_kind = 'lost' AND before.due_at > {now}))) \
-           OR (before.status = 'dead' AND before.finished_at > {dead_since} AND before.body IS NOT NULL \
-              AND (before.event_at, before.delivery_id) < ({event_at}, {id})))"
+        "((SELECT before.delivery_id FROM {table} AS before WHERE {same_key} \
+            AND before.status = 'queued' AND {earlier} \
+            ORDER BY before.status DESC, before.event_at DESC, before.delivery_id DESC LIMIT 1) IS NOT NULL \
+          OR EXISTS (SELECT 1 FROM {table} AS before WHERE {same_key} AND before.status = 'queued' \
+            AND (before.attempts > before.recorded_attempts OR before.error_kind = 'lost') \
+            AND before.delivery_id <> {id} \
+            AND (before.attempts > before.recorded_attempts OR before.due_at > {now})) \
+          OR EXISTS (SELECT 1 FROM {table} AS before WHERE {same_key} AND before.status = 'dead' \
+            AND {earlier} AND before.finished_at > {dead_since} AND before.body IS NOT NULL))"
     )
 }
 
