@@ -406,13 +406,16 @@ impl Inbox {
             .ordering
             .as_ref()
             .and_then(|ordering| ordering.keys.key_of(delivery));
-        let keyed_due_at = format!(
-            "greatest($9, (SELECT max(before.due_at) FROM {table} AS before \
-               WHERE before.tenant = $1 AND before.ordering_key = $10 AND before.status = 'queued' \
-               AND before.attempts = before.recorded_attempts \
-               AND (before.event_at, before.delivery_id) < ($11, $2)))",
-            table = self.table(),
-        );
+        let due_at = match &key {
+            None => "$9".to_owned(),
+            Some(_) => format!(
+                "greatest($9, (SELECT max(before.due_at) FROM {table} AS before \
+                   WHERE before.tenant = $1 AND before.ordering_key = $10 AND before.status = 'queued' \
+                   AND before.attempts = before.recorded_attempts \
+                   AND (before.event_at, before.delivery_id) < ($11, $2)))",
+                table = self.table(),
+            ),
+        };
         let sql = format!(
             "INSERT INTO {table} (tenant, delivery_id, event_type, message_ids, body, signed_at, \
                sender_attempt, due_at, status, outcome, finished_at, ordering_key, event_at) \
@@ -424,7 +427,7 @@ impl Inbox {
              ON CONFLICT DO NOTHING",
             table = self.table(),
             deleted = self.deleted_table(),
-            due_at = if key.is_some() { keyed_due_at.as_str() } else { "$9" },
+
         );
         let ids = message_ids(delivery);
         let hold = match (&self.config.ordering, &key) {

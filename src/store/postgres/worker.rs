@@ -764,8 +764,8 @@ impl<S: Clone + Send + Sync + 'static> Shared<S> {
             }
         }
         let mut stale = false;
-        if let Some((key, _)) = &claimed.ordering {
-            let order = match self.in_order(&mut tx, claimed).await {
+        if let Some((key, event_at)) = &claimed.ordering {
+            let order = match self.in_order(&mut tx, claimed, key, *event_at).await {
                 Ok(order) => order,
                 Err(error) => {
                     crate::metrics::store_error("inbox_claim");
@@ -959,15 +959,14 @@ impl<S: Clone + Send + Sync + 'static> Shared<S> {
     /// Takes the key's advisory lock, so that no two runs of a key
     /// overlap whatever the claims saw, then looks at the key's other rows
     /// under it. A key held by another run counts as blocked.
-    async fn in_order(&self, tx: &mut RunTx, claimed: &Claimed) -> Result<InOrder, sqlx::Error> {
+    async fn in_order(
+        &self,
+        tx: &mut RunTx,
+        claimed: &Claimed,
+        key: &str,
+        event_at: OffsetDateTime,
+    ) -> Result<InOrder, sqlx::Error> {
         let inbox = &self.inbox;
-        let Some((key, event_at)) = &claimed.ordering else {
-            return Ok(InOrder {
-                wait: None,
-                stale: false,
-                after_dead: false,
-            });
-        };
         let held: bool = sqlx::query_scalar(&format!(
             "SELECT pg_catalog.pg_try_advisory_xact_lock({})",
             inbox.ordering_lock("$1", "$2")
@@ -1004,7 +1003,7 @@ impl<S: Clone + Send + Sync + 'static> Shared<S> {
         .bind(&claimed.tenant)
         .bind(key)
         .bind(&claimed.id)
-        .bind(*event_at)
+        .bind(event_at)
         .bind(inbox.now() - inbox.dead_wait())
         .bind(inbox.now())
         .fetch_one(&mut **tx)
