@@ -383,23 +383,7 @@ async fn without_a_window_late_deliveries_are_stale_or_superseded_and_the_rest_i
         (second_half, 2 + some.len()),
     ] {
         send_all(&[addr], half).await;
-        let started = Instant::now();
-        loop {
-            let finished: i64 = sqlx::query_scalar(
-                "SELECT count(*) FROM cariosan_webhooks.inbox WHERE status <> 'queued'",
-            )
-            .fetch_one(inbox.pool())
-            .await
-            .unwrap();
-            if finished == rows as i64 {
-                break;
-            }
-            assert!(
-                started.elapsed() < Duration::from_secs(60),
-                "{finished} finished"
-            );
-            tokio::time::sleep(Duration::from_millis(50)).await;
-        }
+        wait_until_done(inbox.pool(), rows as i64, Duration::from_secs(60)).await;
     }
     let key_of: HashMap<&str, &str> = some
         .iter()

@@ -588,8 +588,18 @@ async fn generations_only_grow_across_failures_a_replay_and_a_shutdowns_cancel()
         .workers(webhooks)
         .poll_interval(Duration::from_millis(20))
         .start();
+    let runs_before = seen.lock().unwrap().len();
     wait_for(&inbox, hung, Duration::from_secs(5), |e| e.attempts == 1).await;
     assert_eq!(inbox.get(hung).await.unwrap().unwrap().generation, 2);
+    // The claim commits before its handler starts: wait for the handler.
+    let started = Instant::now();
+    while seen.lock().unwrap().len() == runs_before {
+        assert!(
+            started.elapsed() < Duration::from_secs(5),
+            "the run never started"
+        );
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
     assert_eq!(*seen.lock().unwrap().last().unwrap(), 2);
     workers.shutdown(Duration::from_millis(100)).await;
 }

@@ -3,27 +3,11 @@
 
 mod common;
 
-use std::io::Write;
-use std::sync::{Arc, Mutex};
-
 use axum::routing::post_service;
 use axum::Router;
 use cariosan_webhooks::{CariosanWebhookLayer, HandlerError, Webhooks};
 use common::*;
 use tower::ServiceExt;
-
-#[derive(Clone, Default)]
-struct Captured(Arc<Mutex<Vec<u8>>>);
-
-impl Write for Captured {
-    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
-        self.0.lock().unwrap().extend_from_slice(buf);
-        Ok(buf.len())
-    }
-    fn flush(&mut self) -> std::io::Result<()> {
-        Ok(())
-    }
-}
 
 /// Captures this thread's logs at `level` and above until the guard drops.
 fn capture(level: tracing::Level) -> (Captured, tracing::subscriber::DefaultGuard) {

@@ -5,10 +5,9 @@
 
 mod common;
 
-use std::io::Write;
 use std::panic::{catch_unwind, AssertUnwindSafe};
 use std::sync::atomic::{AtomicUsize, Ordering};
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 
 use axum::routing::post_service;
 use axum::Router;
@@ -141,19 +140,6 @@ mod postgres {
         let panicked = catch_unwind(AssertUnwindSafe(|| inbox.workers(mailing()).start()))
             .expect_err("start panics");
         assert_eq!(panic_text(panicked), missing.to_string());
-    }
-}
-
-#[derive(Clone, Default)]
-struct Captured(Arc<Mutex<Vec<u8>>>);
-
-impl Write for Captured {
-    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
-        self.0.lock().unwrap().extend_from_slice(buf);
-        Ok(buf.len())
-    }
-    fn flush(&mut self) -> std::io::Result<()> {
-        Ok(())
     }
 }
 

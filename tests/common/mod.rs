@@ -18,6 +18,20 @@ use tokio::net::{TcpListener, TcpStream};
 
 pub const SECRET: &str = "whsec_2CfBq8m1ZbLr0v5yHkQ7tE9uXw3aJs6N";
 
+/// A log writer whose output a test reads back.
+#[derive(Clone, Default)]
+pub struct Captured(pub std::sync::Arc<std::sync::Mutex<Vec<u8>>>);
+
+impl std::io::Write for Captured {
+    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+        self.0.lock().unwrap().extend_from_slice(buf);
+        Ok(buf.len())
+    }
+    fn flush(&mut self) -> std::io::Result<()> {
+        Ok(())
+    }
+}
+
 /// The protocol's fixtures, which the library's test kit ships; found from
 /// the library or from another workspace member such as the CLI.
 pub fn fixture(path: &str) -> Vec<u8> {
