@@ -189,8 +189,10 @@ impl PostgresServer {
     /// Starts the stopped cluster on the same port, and waits until it
     /// accepts connections.
     pub fn start_again(&self) {
+        // Extra server options, for a bench that profiles the server.
+        let extra = std::env::var("CARIOSAN_PG_OPTIONS").unwrap_or_default();
         let options = format!(
-            "-p {} -k {} -c listen_addresses=127.0.0.1 -c max_connections=200",
+            "-p {} -k {} -c listen_addresses=127.0.0.1 -c max_connections=200 {extra}",
             self.port,
             self.dir.display()
         );

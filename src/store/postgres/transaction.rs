@@ -123,8 +123,7 @@ impl RunTx {
         };
         let sql = format!(
             "BEGIN ISOLATION LEVEL READ COMMITTED; {limits}\
-             SELECT pid, backend_start FROM pg_catalog.pg_stat_activity \
-             WHERE pid = pg_catalog.pg_backend_pid()"
+             SELECT pid, backend_start FROM pg_catalog.pg_stat_get_activity(pg_catalog.pg_backend_pid())"
         );
         tx.session = Some(opening(&mut tx, sql).await.map_err(super::postgres_error)?);
         Ok(tx)
