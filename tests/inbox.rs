@@ -486,7 +486,7 @@ async fn bodies_go_once_handled_and_a_message_deleted_leaves_no_row_with_its_tex
     assert!(edit.body_len.is_some());
     let holding = |pool: PgPool| async move {
         sqlx::query_scalar::<_, String>(
-            "SELECT delivery_id FROM cariosan_webhooks.inbox WHERE position(convert_to($1, 'UTF8') in body) > 0",
+            "SELECT delivery_id FROM cariosan_webhooks.inbox_bodies WHERE position(convert_to($1, 'UTF8') in body) > 0",
         )
         .bind(text)
         .fetch_all(&pool)
@@ -929,4 +929,155 @@ async fn a_handler_that_aborts_its_process_every_time_ends_dead_after_the_last_a
         tokio::task::block_in_place(|| receiver.wait_exit(Duration::from_millis(500))).is_none(),
         "a dead delivery no longer crashes the receiver"
     );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore = "needs PostgreSQL (initdb, pg_ctl); .ci/run installs postgresql and runs the ignored tests"]
+async fn bodies_stored_in_the_rows_before_version_5_move_to_their_table_and_still_run() {
+    let server = PostgresServer::start();
+    let inbox = inbox(&server, 8).await;
+    let pool = inbox.pool().clone();
+    // The schema as version 4 left it: each row's body in the row itself.
+    sqlx::raw_sql(
+        "DROP TABLE cariosan_webhooks.inbox_bodies;
+         ALTER TABLE cariosan_webhooks.inbox ADD COLUMN body bytea;
+         DELETE FROM cariosan_webhooks.schema_migrations WHERE version = 5;",
+    )
+    .execute(&pool)
+    .await
+    .unwrap();
+    let (queued, done) = (
+        "evt_01JDB7U4QUEUEDBEFOREV5AA",
+        "evt_01JDB7U4DONEBEFOREV5AAAA",
+    );
+    let body = message_with(queued, "stored by 0.x");
+    for (id, status, body) in [(queued, "queued", Some(body.clone())), (done, "done", None)] {
+        sqlx::query(
+            "INSERT INTO cariosan_webhooks.inbox (delivery_id, event_type, message_ids, body, \
+               signed_at, due_at, status) VALUES ($1, 'message.created', ARRAY['msg_1'], $2, $3, now(), $4)",
+        )
+        .bind(id)
+        .bind(body)
+        .bind(now())
+        .bind(status)
+        .execute(&pool)
+        .await
+        .unwrap();
+    }
+
+    inbox.migrate().await.unwrap();
+    let column: i64 = sqlx::query_scalar(
+        "SELECT count(*) FROM information_schema.columns \
+         WHERE table_schema = 'cariosan_webhooks' AND table_name = 'inbox' AND column_name = 'body'",
+    )
+    .fetch_one(&pool)
+    .await
+    .unwrap();
+    assert_eq!(column, 0, "the rows no longer hold bodies");
+    assert_eq!(
+        inbox.body(queued).await.unwrap().as_deref(),
+        Some(&body[..])
+    );
+    assert_eq!(inbox.body(done).await.unwrap(), None);
+    assert_eq!(inbox.get(done).await.unwrap().unwrap().body_len, None);
+
+    let webhooks = Webhooks::new().on(
+        EventSelector::AllKnown,
+        |event: Delivery<Event>, tx: Tx| async move {
+            insert_effect(&tx, event.id.as_str(), event.attempt).await
+        },
+    );
+    let workers = inbox.workers(webhooks).start();
+    let entry = wait_for(
+        &inbox,
+        queued,
+        Duration::from_secs(10),
+        is(InboxStatus::Done),
+    )
+    .await;
+    workers.shutdown(Duration::from_secs(5)).await;
+    assert_eq!(entry.attempts, 1);
+    assert_eq!(effects(&pool, queued).await, 1);
+    assert_eq!(
+        inbox.body(queued).await.unwrap(),
+        None,
+        "a handled row's body is dropped, from the bodies' table"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore = "needs PostgreSQL (initdb, pg_ctl); .ci/run installs postgresql and runs the ignored tests"]
+async fn prune_deletes_rows_past_their_retention_with_their_bodies_and_keeps_the_rest() {
+    let server = PostgresServer::start();
+    let start = OffsetDateTime::from_unix_timestamp(1_800_000_000).unwrap();
+    let clock = ManualClock::new(start);
+    let inbox = inbox(&server, 8)
+        .await
+        .clock(clock.clone())
+        .keep_done_bodies(true)
+        .retry(RetrySchedule::new().max_attempts(1))
+        .done_retention(Duration::from_secs(3 * 24 * 3600))
+        .dead_retention(Duration::from_secs(7 * 24 * 3600));
+    let webhooks = Webhooks::new().on(
+        EventSelector::AllKnown,
+        |event: Delivery<Event>| async move {
+            match event.id.as_str() {
+                "evt_prune_dies" => Err(HandlerError::msg("always")),
+                _ => Ok(()),
+            }
+        },
+    );
+    let workers = inbox
+        .workers(webhooks)
+        .poll_interval(Duration::from_millis(20))
+        .start();
+    for id in ["evt_prune_done", "evt_prune_dies"] {
+        let body = message_with(id, "text to prune");
+        let delivery = TestDelivery::json(body.clone())
+            .secret(SECRET)
+            .verify()
+            .unwrap();
+        assert!(inbox.ingest(&delivery, &body).await.unwrap());
+    }
+    wait_for(
+        &inbox,
+        "evt_prune_done",
+        Duration::from_secs(10),
+        is(InboxStatus::Done),
+    )
+    .await;
+    wait_for(
+        &inbox,
+        "evt_prune_dies",
+        Duration::from_secs(10),
+        is(InboxStatus::Dead),
+    )
+    .await;
+    workers.shutdown(Duration::from_secs(5)).await;
+    let bodies = || async {
+        sqlx::query_scalar::<_, i64>("SELECT count(*) FROM cariosan_webhooks.inbox_bodies")
+            .fetch_one(inbox.pool())
+            .await
+            .unwrap()
+    };
+    assert_eq!(bodies().await, 2, "a kept done body and a dead row's body");
+
+    let pruned = inbox.prune().await.unwrap();
+    assert_eq!(
+        (pruned.done, pruned.dead),
+        (0, 0),
+        "nothing is past its retention yet"
+    );
+
+    clock.advance(Duration::from_secs(4 * 24 * 3600));
+    let pruned = inbox.prune().await.unwrap();
+    assert_eq!((pruned.done, pruned.dead), (1, 0));
+    assert!(inbox.get("evt_prune_done").await.unwrap().is_none());
+    assert_eq!(bodies().await, 1, "the done row's body went with it");
+
+    clock.advance(Duration::from_secs(4 * 24 * 3600));
+    let pruned = inbox.prune().await.unwrap();
+    assert_eq!((pruned.done, pruned.dead), (0, 1));
+    assert!(inbox.get("evt_prune_dies").await.unwrap().is_none());
+    assert_eq!(bodies().await, 0, "no body outlives its row");
 }

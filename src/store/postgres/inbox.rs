@@ -274,7 +274,9 @@ impl Inbox {
     }
 
     fn entry_columns(&self) -> String {
-        ENTRY_COLUMNS.replace("{table}", &self.table())
+        ENTRY_COLUMNS
+            .replace("{table}", &self.table())
+            .replace("{bodies}", &self.bodies_table())
     }
 
     pub(super) fn marks_table(&self) -> String {
@@ -335,6 +337,21 @@ impl Inbox {
 
     pub(super) fn table(&self) -> String {
         format!("{}.inbox", self.config.schema)
+    }
+
+    /// The rows' bodies, apart from the state that claims and runs update,
+    /// so that those updates never rewrite a body.
+    pub(super) fn bodies_table(&self) -> String {
+        format!("{}.inbox_bodies", self.config.schema)
+    }
+
+    /// An SQL condition: the row aliased `row` has its body.
+    pub(super) fn has_body(&self, row: &str) -> String {
+        format!(
+            "EXISTS (SELECT 1 FROM {}.inbox_bodies AS body \
+             WHERE body.tenant = {row}.tenant AND body.delivery_id = {row}.delivery_id)",
+            self.config.schema
+        )
     }
 
     /// An SQL condition: the row aliased `row` holds text of a message
@@ -417,17 +434,20 @@ impl Inbox {
             ),
         };
         let sql = format!(
-            "INSERT INTO {table} (tenant, delivery_id, event_type, message_ids, body, signed_at, \
+            "WITH row AS (INSERT INTO {table} (tenant, delivery_id, event_type, message_ids, signed_at, \
                sender_attempt, due_at, status, outcome, finished_at, ordering_key, event_at) \
-             SELECT $1, $2, $3, $4, CASE WHEN late.gone THEN NULL ELSE $5 END, $6, $7, {due_at}, \
+             SELECT $1, $2, $3, $4, $6, $7, {due_at}, \
                CASE WHEN late.gone THEN 'done' ELSE 'queued' END, \
                CASE WHEN late.gone THEN 'superseded' END, CASE WHEN late.gone THEN $8 END, $10, $11 \
              FROM (SELECT $3 IN {CONTENT_EVENTS} AND EXISTS (SELECT 1 FROM {deleted} \
                WHERE tenant = $1 AND message_id = ($4::text[])[1]) AS gone) AS late \
-             ON CONFLICT DO NOTHING",
+             ON CONFLICT DO NOTHING RETURNING tenant, delivery_id, status), \
+             kept AS (INSERT INTO {bodies} (tenant, delivery_id, body) \
+               SELECT tenant, delivery_id, $5 FROM row WHERE status = 'queued') \
+             SELECT count(*) FROM row",
             table = self.table(),
+            bodies = self.bodies_table(),
             deleted = self.deleted_table(),
-
         );
         let ids = message_ids(delivery);
         let hold = match (&self.config.ordering, &key) {
@@ -451,7 +471,7 @@ impl Inbox {
                 return Err(postgres_error(error));
             }
         }
-        let inserted = sqlx::query(&sql)
+        let inserted: Result<i64, _> = sqlx::query_scalar(&sql)
             .bind(delivery.tenant().unwrap_or(NO_TENANT))
             .bind(delivery.id().as_str())
             .bind(delivery.event_type())
@@ -463,12 +483,12 @@ impl Inbox {
             .bind(now + hold)
             .bind(key)
             .bind(event_at(delivery))
-            .execute(&mut *tx)
+            .fetch_one(&mut *tx)
             .await;
         match inserted {
-            Ok(done) => {
+            Ok(stored) => {
                 tx.commit().await.map_err(CommitError::into_store_error)?;
-                Ok(done.rows_affected() == 1)
+                Ok(stored == 1)
             }
             Err(error) => {
                 tx.rollback().await;
@@ -517,15 +537,15 @@ impl Inbox {
     pub async fn body(&self, id: &str) -> Result<Option<Bytes>, StoreError> {
         let sql = format!(
             "SELECT body FROM {} WHERE tenant = $1 AND delivery_id = $2",
-            self.table()
+            self.bodies_table()
         );
-        let body: Option<Option<Vec<u8>>> = sqlx::query_scalar(&sql)
+        let body: Option<Vec<u8>> = sqlx::query_scalar(&sql)
             .bind(&*self.config.tenant)
             .bind(id)
             .fetch_optional(&self.pool)
             .await
             .map_err(postgres_error)?;
-        Ok(body.flatten().map(Bytes::from))
+        Ok(body.map(Bytes::from))
     }
 
     /// Queues a done or dead delivery again, with a fresh set of attempts,
@@ -534,8 +554,9 @@ impl Inbox {
         let sql = format!(
             "UPDATE {} SET status = 'queued', outcome = NULL, attempts = 0, recorded_attempts = 0, \
              due_at = $3, finished_at = NULL, give_up_pending = false, generation = generation + 1 \
-             WHERE tenant = $1 AND delivery_id = $2 AND status <> 'queued' AND body IS NOT NULL",
-            self.table()
+             WHERE tenant = $1 AND delivery_id = $2 AND status <> 'queued' AND {has_body}",
+            self.table(),
+            has_body = self.has_body("inbox"),
         );
         let replayed = sqlx::query(&sql)
             .bind(&*self.config.tenant)
@@ -567,11 +588,12 @@ impl Inbox {
                recorded_attempts = 0, due_at = $2, finished_at = NULL, give_up_pending = false, \
                generation = generation + 1 \
                WHERE (tenant, delivery_id) IN (SELECT tenant, delivery_id FROM {table} \
-                 WHERE tenant = $1 AND status = 'dead' AND body IS NOT NULL \
+                 WHERE tenant = $1 AND status = 'dead' AND {has_body} \
                  ORDER BY tenant, delivery_id FOR UPDATE SKIP LOCKED) RETURNING 1) \
              SELECT (SELECT count(*) FROM replayed), \
-               (SELECT count(*) FROM {table} WHERE tenant = $1 AND status = 'dead' AND body IS NULL)",
-            table = self.table()
+               (SELECT count(*) FROM {table} WHERE tenant = $1 AND status = 'dead' AND NOT {has_body})",
+            table = self.table(),
+            has_body = self.has_body("inbox"),
         );
         let (queued, without_body): (i64, i64) = sqlx::query_as(&sql)
             .bind(&*self.config.tenant)
@@ -592,8 +614,10 @@ impl Inbox {
     /// queued delivery cannot run without it, so it becomes dead. Waits for
     /// a run of it in progress to end.
     pub async fn purge(&self, id: &str) -> Result<bool, StoreError> {
+        // The row is locked before its body, as everywhere; the body's own
+        // deletion says whether it had one (a run may drop it meanwhile).
         let sql = format!(
-            "UPDATE {} SET body = NULL, \
+            "WITH row AS (UPDATE {table} AS inbox SET \
              outcome = CASE WHEN status = 'queued' THEN 'purged' ELSE outcome END, \
              last_error = CASE WHEN status = 'queued' THEN 'its body was purged before it was handled' ELSE last_error END, \
              finished_at = coalesce(finished_at, $3), \
@@ -601,17 +625,21 @@ impl Inbox {
              generation = generation + CASE WHEN status = 'queued' THEN 1 ELSE 0 END, \
              give_up_due_at = CASE WHEN status = 'queued' THEN $3 ELSE give_up_due_at END, \
              status = CASE WHEN status = 'queued' THEN 'dead' ELSE status END \
-             WHERE tenant = $1 AND delivery_id = $2 AND body IS NOT NULL",
-            self.table()
+             WHERE tenant = $1 AND delivery_id = $2 AND {has_body} RETURNING tenant, delivery_id), \
+             gone AS (DELETE FROM {bodies} AS body USING row \
+               WHERE body.tenant = row.tenant AND body.delivery_id = row.delivery_id RETURNING 1) \
+             SELECT count(*) FROM gone",
+            table = self.table(),
+            bodies = self.bodies_table(),
+            has_body = self.has_body("inbox"),
         );
-        let purged = sqlx::query(&sql)
+        let purged: i64 = sqlx::query_scalar(&sql)
             .bind(&*self.config.tenant)
             .bind(id)
             .bind(self.now())
-            .execute(&self.pool)
+            .fetch_one(&self.pool)
             .await
-            .map_err(postgres_error)?
-            .rows_affected();
+            .map_err(postgres_error)?;
         Ok(purged == 1)
     }
 
@@ -878,7 +906,8 @@ pub struct InboxEntry {
 
 const ENTRY_COLUMNS: &str = "row.tenant, row.delivery_id, row.event_type, row.status, row.outcome, row.attempts, \
      row.recorded_attempts, row.sender_attempt, row.signed_at, row.received_at, row.due_at, row.finished_at, \
-     row.last_error, octet_length(row.body), row.error_kind, row.generation, row.give_up_pending, \
+     row.last_error, (SELECT octet_length(body.body) FROM {bodies} AS body \
+       WHERE body.tenant = row.tenant AND body.delivery_id = row.delivery_id), row.error_kind, row.generation, row.give_up_pending, \
      row.ordering_key, row.event_at, CASE WHEN row.status = 'queued' AND row.ordering_key IS NOT NULL THEN ( \
        SELECT before.delivery_id FROM {table} AS before WHERE before.tenant = row.tenant \
        AND before.ordering_key = row.ordering_key AND before.status = 'queued' \

@@ -88,6 +88,20 @@ const MIGRATIONS: &[(i64, &str, &str)] = &[
             PRIMARY KEY (tenant, ordering_key)
         );",
     ),
+    (
+        5,
+        "inbox bodies in a table of their own",
+        "CREATE TABLE {schema}.inbox_bodies (
+            tenant text NOT NULL,
+            delivery_id text NOT NULL,
+            body bytea NOT NULL,
+            PRIMARY KEY (tenant, delivery_id),
+            FOREIGN KEY (tenant, delivery_id) REFERENCES {schema}.inbox (tenant, delivery_id) ON DELETE CASCADE
+        );
+        INSERT INTO {schema}.inbox_bodies (tenant, delivery_id, body)
+            SELECT tenant, delivery_id, body FROM {schema}.inbox WHERE body IS NOT NULL;
+        ALTER TABLE {schema}.inbox DROP COLUMN body;",
+    ),
 ];
 
 /// The advisory lock key for migrating `schema`: FNV-1a over a fixed

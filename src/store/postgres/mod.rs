@@ -197,9 +197,11 @@
 //! ```
 //!
 //! **Ingest.** [`Inbox::service`] stores each verified delivery with one
-//! `INSERT .. ON CONFLICT DO NOTHING` (id, type, the raw signed body, the
-//! signed time, the sender's attempt) and answers `202 queued` only after
-//! that row committed. A copy of a stored delivery is `200 duplicate` and
+//! `INSERT .. ON CONFLICT DO NOTHING` (id, type, the signed time, the
+//! sender's attempt in the `inbox` row; the raw signed body beside it in
+//! `inbox_bodies`, which claims and runs never rewrite, and which goes
+//! with its row) and answers `202 queued` only after that statement
+//! committed. A copy of a stored delivery is `200 duplicate` and
 //! adds no row, for as long as the row is kept (3 days once done). If the
 //! insert fails or takes longer than the acquire timeout, the answer is `503
 //! store_unavailable` and nothing is acknowledged.

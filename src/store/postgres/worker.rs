@@ -440,24 +440,29 @@ impl<S: Clone + Send + Sync + 'static> Shared<S> {
                attempts = row.attempts + CASE WHEN due.lost THEN 0 ELSE 1 END, \
                recorded_attempts = row.attempts, \
                generation = row.generation + CASE WHEN due.lost THEN 0 ELSE 1 END, \
-               due_at = $1 + pg_catalog.make_interval(secs => CASE WHEN due.lost THEN $6 \
+               due_at = $1 + pg_catalog.make_interval(secs => CASE WHEN due.lost THEN $5 \
                  WHEN row.ordering_key IS NOT NULL \
-                   THEN least($8, greatest($3, least($5, $4 * pg_catalog.power(2, least(row.attempts, 62))))) \
-                 ELSE greatest($3, least($5, $4 * pg_catalog.power(2, least(row.attempts, 62)))) END), \
+                   THEN least($7, greatest($2, least($4, $3 * pg_catalog.power(2, least(row.attempts, 62))))) \
+                 ELSE greatest($2, least($4, $3 * pg_catalog.power(2, least(row.attempts, 62)))) END), \
                last_error = CASE WHEN due.lost THEN {LOST_RUN_ERROR} ELSE row.last_error END, \
                error_kind = CASE WHEN due.lost THEN 'lost' ELSE row.error_kind END \
              FROM (SELECT tenant, delivery_id, attempts > recorded_attempts AS lost FROM {table} AS next \
-                   WHERE status = 'queued' AND due_at <= $1 AND attempts < $2 \
+                   WHERE status = 'queued' AND due_at <= $1 AND attempts < {max_attempts} \
                    AND (ordering_key IS NULL OR attempts > recorded_attempts OR NOT {blocking}) \
                    ORDER BY due_at LIMIT 1 FOR UPDATE SKIP LOCKED) AS due \
              WHERE row.tenant = due.tenant AND row.delivery_id = due.delivery_id \
              RETURNING row.tenant, row.delivery_id, row.event_type, row.attempts, row.generation, \
-               due.lost, CASE WHEN due.lost THEN NULL ELSE row.body END, row.signed_at, \
+               due.lost, CASE WHEN due.lost THEN NULL ELSE (SELECT body.body FROM {bodies} AS body \
+                 WHERE body.tenant = row.tenant AND body.delivery_id = row.delivery_id) END, row.signed_at, \
                row.ordering_key, row.event_at",
-            blocking = blocking(&table, "next.tenant", "next.ordering_key", "next.delivery_id", "next.event_at", "$1", "$7"),
+            bodies = inbox.bodies_table(),
+            blocking = blocking(&table, &inbox.bodies_table(), "next.tenant", "next.ordering_key", "next.delivery_id", "next.event_at", "$1", "$6"),
+            // A literal, not a parameter: a generic plan then estimates how
+            // many rows pass from the column's statistics, instead of a
+            // third, which can make the planner sort every due row per claim.
+            max_attempts = i32::try_from(schedule.attempts()).unwrap_or(i32::MAX),
         ))
         .bind(inbox.now())
-        .bind(i32::try_from(schedule.attempts()).unwrap_or(i32::MAX))
         .bind(CLAIM_GRACE.as_secs_f64())
         .bind(first.as_secs_f64())
         .bind(cap.as_secs_f64())
@@ -544,17 +549,19 @@ impl<S: Clone + Send + Sync + 'static> Shared<S> {
             .execute(&mut *tx)
             .await?;
             sqlx::query_as(&format!(
-                "UPDATE {table} AS row SET status = 'dead', \
+                "WITH row AS (UPDATE {table} AS row SET status = 'dead', \
                    outcome = CASE WHEN row.attempts > row.recorded_attempts THEN 'lost' ELSE 'failed' END, \
                    error_kind = CASE WHEN row.attempts > row.recorded_attempts THEN 'lost' ELSE row.error_kind END, \
                    last_error = CASE WHEN row.attempts > row.recorded_attempts THEN {LOST_RUN_ERROR} \
                      WHEN {deleted} THEN NULL ELSE row.last_error END, \
-                   body = CASE WHEN {deleted} THEN NULL ELSE row.body END, \
                    recorded_attempts = row.attempts, finished_at = $3, \
                    give_up_pending = true, give_up_due_at = $3 \
                  WHERE {chosen} \
-                 RETURNING row.delivery_id, row.event_type, row.attempts",
+                 RETURNING row.tenant, row.delivery_id, row.event_type, row.attempts, {deleted} AS drops_body), \
+                 dropped AS ({drop_bodies} AND row.drops_body) \
+                 SELECT delivery_id, event_type, attempts FROM row",
                 deleted = inbox.holds_deleted_text("row"),
+                drop_bodies = drop_bodies_of_rows(&inbox.bodies_table()),
             ))
             .bind(&tenants)
             .bind(&ids)
@@ -997,7 +1004,7 @@ impl<S: Clone + Send + Sync + 'static> Shared<S> {
                  AND NOT EXISTS (SELECT 1 FROM {marks} AS mark WHERE mark.tenant = $1 \
                    AND mark.ordering_key = $2 \
                    AND (mark.event_at, mark.delivery_id) >= (before.event_at, before.delivery_id)))",
-            blocking = blocking(&table, "$1", "$2", "$3", "$4", "$6", "$5"),
+            blocking = blocking(&table, &inbox.bodies_table(), "$1", "$2", "$3", "$4", "$6", "$5"),
             marks = inbox.marks_table(),
         ))
         .bind(&claimed.tenant)
@@ -1088,11 +1095,13 @@ impl<S: Clone + Send + Sync + 'static> Shared<S> {
                     }
                     if written.is_ok() {
                         written = sqlx::query(&format!(
-                            "UPDATE {table} AS row SET status = 'done', outcome = $3, \
+                            "WITH row AS (UPDATE {table} AS row SET status = 'done', outcome = $3, \
                            recorded_attempts = row.attempts, finished_at = $4, \
-                           body = CASE WHEN $5 AND NOT {deleted} THEN row.body END, \
                            last_error = NULL, \
-                           error_kind = CASE WHEN $3 = 'superseded' THEN row.error_kind END {key}"
+                           error_kind = CASE WHEN $3 = 'superseded' THEN row.error_kind END {key} \
+                           RETURNING row.tenant, row.delivery_id, $5 AND NOT {deleted} AS keeps_body) \
+                           {drop_bodies} AND NOT row.keeps_body",
+                            drop_bodies = drop_bodies_of_rows(&inbox.bodies_table()),
                         ))
                         .bind(&claimed.tenant)
                         .bind(&claimed.id)
@@ -1105,7 +1114,9 @@ impl<S: Clone + Send + Sync + 'static> Shared<S> {
                     }
                     match (written, deleted_message) {
                         (Ok(()), Some(message)) => {
-                            drop_bodies_of(&mut tx, &table, &claimed.tenant, message, now).await
+                            let bodies = inbox.bodies_table();
+                            drop_bodies_of(&mut tx, &table, &bodies, &claimed.tenant, message, now)
+                                .await
                         }
                         (written, _) => written,
                     }
@@ -1127,11 +1138,13 @@ impl<S: Clone + Send + Sync + 'static> Shared<S> {
                     kind,
                     error,
                 } => sqlx::query(&format!(
-                    "UPDATE {table} AS row SET status = 'dead', outcome = $3, error_kind = $6, \
+                    "WITH row AS (UPDATE {table} AS row SET status = 'dead', outcome = $3, error_kind = $6, \
                    last_error = CASE WHEN {deleted} THEN NULL ELSE $4 END, \
-                   body = CASE WHEN {deleted} THEN NULL ELSE row.body END, \
                    give_up_pending = $7, give_up_due_at = CASE WHEN $7 THEN $8 END, \
-                   recorded_attempts = row.attempts, finished_at = $5 {key}"
+                   recorded_attempts = row.attempts, finished_at = $5 {key} \
+                   RETURNING row.tenant, row.delivery_id, {deleted} AS drops_body) \
+                   {drop_bodies} AND row.drops_body",
+                    drop_bodies = drop_bodies_of_rows(&inbox.bodies_table()),
                 ))
                 .bind(&claimed.tenant)
                 .bind(&claimed.id)
@@ -1277,8 +1290,10 @@ impl<S: Clone + Send + Sync + 'static> Shared<S> {
 /// A run found lost counts as running until its lost-run grace ends: its
 /// handlers may still be cancelling in a live process. A dead row without
 /// its body (purged) cannot be replayed, so it holds nothing.
+#[allow(clippy::too_many_arguments)]
 fn blocking(
     table: &str,
+    bodies: &str,
     tenant: &str,
     key: &str,
     id: &str,
@@ -1297,7 +1312,8 @@ fn blocking(
             AND before.delivery_id <> {id} \
             AND (before.attempts > before.recorded_attempts OR before.due_at > {now})) \
           OR EXISTS (SELECT 1 FROM {table} AS before WHERE {same_key} AND before.status = 'dead' \
-            AND {earlier} AND before.finished_at > {dead_since} AND before.body IS NOT NULL))"
+            AND {earlier} AND before.finished_at > {dead_since} AND EXISTS (SELECT 1 FROM {bodies} AS body \
+              WHERE body.tenant = before.tenant AND body.delivery_id = before.delivery_id)))"
     )
 }
 
@@ -1311,6 +1327,16 @@ struct InOrder {
     stale: bool,
     /// An earlier row of its key is dead.
     after_dead: bool,
+}
+
+/// A statement that deletes the bodies of the rows a preceding `row`
+/// query returned (their tenant and id); a condition on `row` may follow.
+/// Rows are always locked before their bodies, so the two never deadlock.
+fn drop_bodies_of_rows(bodies: &str) -> String {
+    format!(
+        "DELETE FROM {bodies} AS body USING row \
+         WHERE body.tenant = row.tenant AND body.delivery_id = row.delivery_id"
+    )
 }
 
 /// The event types whose body is the content of the message they name
@@ -1332,26 +1358,32 @@ pub(super) const CONTENT_EVENT_TYPES: [&str; 3] =
 async fn drop_bodies_of(
     tx: &mut RunTx,
     table: &str,
+    bodies: &str,
     tenant: &str,
     message: &str,
     now: OffsetDateTime,
 ) -> Result<(), sqlx::Error> {
     let holding = "tenant = $1 AND message_ids @> ARRAY[$2]";
+    let drop_bodies = drop_bodies_of_rows(bodies);
     sqlx::query(&format!(
-        "UPDATE {table} SET body = NULL, last_error = NULL WHERE (tenant, delivery_id) IN ( \
-           SELECT tenant, delivery_id FROM {table} WHERE {holding} AND status <> 'queued' \
-           AND (body IS NOT NULL OR last_error IS NOT NULL) ORDER BY delivery_id FOR UPDATE)"
+        "WITH row AS (UPDATE {table} AS row SET last_error = NULL WHERE (tenant, delivery_id) IN ( \
+           SELECT tenant, delivery_id FROM {table} AS held WHERE {holding} AND status <> 'queued' \
+           AND (last_error IS NOT NULL OR EXISTS (SELECT 1 FROM {bodies} AS body \
+             WHERE body.tenant = held.tenant AND body.delivery_id = held.delivery_id)) \
+           ORDER BY delivery_id FOR UPDATE) RETURNING row.tenant, row.delivery_id) \
+         {drop_bodies}"
     ))
     .bind(tenant)
     .bind(message)
     .execute(&mut **tx)
     .await?;
     sqlx::query(&format!(
-        "UPDATE {table} SET body = NULL, last_error = NULL, status = 'done', outcome = 'superseded', \
+        "WITH row AS (UPDATE {table} AS row SET last_error = NULL, status = 'done', outcome = 'superseded', \
          finished_at = $3, recorded_attempts = attempts WHERE (tenant, delivery_id) IN ( \
            SELECT tenant, delivery_id FROM {table} WHERE {holding} AND status = 'queued' \
            AND message_ids[1] = $2 AND event_type IN {CONTENT_EVENTS} ORDER BY delivery_id \
-           FOR UPDATE SKIP LOCKED)"
+           FOR UPDATE SKIP LOCKED) RETURNING row.tenant, row.delivery_id) \
+         {drop_bodies}"
     ))
     .bind(tenant)
     .bind(message)
