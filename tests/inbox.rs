@@ -940,6 +940,7 @@ async fn bodies_stored_in_the_rows_before_version_5_move_to_their_table_and_stil
     // The schema as version 4 left it: each row's body in the row itself.
     sqlx::raw_sql(
         "DROP TABLE cariosan_webhooks.inbox_bodies;
+         DROP FUNCTION cariosan_webhooks.deletion_recorded;
          ALTER TABLE cariosan_webhooks.inbox ADD COLUMN body bytea;
          DELETE FROM cariosan_webhooks.schema_migrations WHERE version = 5;",
     )
@@ -1080,4 +1081,122 @@ async fn prune_deletes_rows_past_their_retention_with_their_bodies_and_keeps_the
     assert_eq!((pruned.done, pruned.dead), (0, 1));
     assert!(inbox.get("evt_prune_dies").await.unwrap().is_none());
     assert_eq!(bodies().await, 0, "no body outlives its row");
+}
+
+/// The advisory key a deletion of `message` holds (no tenant), as the
+/// crate computes it.
+const DELETION_LOCK: &str =
+    "pg_catalog.hashtextextended('cariosan-webhooks deleted ' || 'cariosan_webhooks' \
+     || pg_catalog.chr(31) || '' || pg_catalog.chr(31) || $1, 0)";
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore = "needs PostgreSQL (initdb, pg_ctl); .ci/run installs postgresql and runs the ignored tests"]
+async fn a_copy_stored_while_its_messages_deletion_commits_is_stored_without_its_text() {
+    let server = PostgresServer::start();
+    let inbox = inbox(&server, 4).await;
+    let deleting = server.pool(1).await;
+    let message = "msg_01JDB7Q3M0";
+    // A deletion of the message, recorded and holding its lock, not committed.
+    let mut deletion = deleting.begin().await.unwrap();
+    sqlx::query(&format!(
+        "SELECT pg_catalog.pg_advisory_xact_lock({DELETION_LOCK})"
+    ))
+    .bind(message)
+    .execute(&mut *deletion)
+    .await
+    .unwrap();
+    sqlx::query(
+        "INSERT INTO cariosan_webhooks.deleted_messages (tenant, message_id, deleted_at) VALUES ('', $1, now())",
+    )
+    .bind(message)
+    .execute(&mut *deletion)
+    .await
+    .unwrap();
+
+    let id = "evt_01JDB7U4COPYDURINGDELETE";
+    let body = message_with(id, "a text that was deleted");
+    let delivery = TestDelivery::json(body.clone())
+        .secret(SECRET)
+        .verify()
+        .unwrap();
+    let storing = tokio::spawn({
+        let inbox = inbox.clone();
+        async move { inbox.ingest(&delivery, &body).await }
+    });
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    assert!(!storing.is_finished(), "the ingest waits for the deletion");
+    deletion.commit().await.unwrap();
+
+    assert!(storing.await.unwrap().unwrap(), "stored, as a new row");
+    let entry = inbox.get(id).await.unwrap().unwrap();
+    assert_eq!(entry.status, InboxStatus::Done);
+    assert_eq!(entry.outcome.as_deref(), Some("superseded"));
+    assert_eq!(entry.body_len, None);
+    assert_eq!(
+        inbox.body(id).await.unwrap(),
+        None,
+        "its text was never stored"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore = "needs PostgreSQL (initdb, pg_ctl); .ci/run installs postgresql and runs the ignored tests"]
+async fn an_ingest_cut_off_mid_statement_closes_its_connection_and_the_pool_still_works() {
+    let server = PostgresServer::start();
+    // One connection: the application's next statement gets the one the
+    // cut-off ingest used, or a new one if that was closed.
+    let inbox = Inbox::new(server.pool(1).await).acquire_timeout(Duration::from_millis(500));
+    inbox.migrate().await.unwrap();
+    let blocker = server.pool(1).await;
+    let message = "msg_01JDB7Q3M0";
+    let mut deletion = blocker.begin().await.unwrap();
+    sqlx::query(&format!(
+        "SELECT pg_catalog.pg_advisory_xact_lock({DELETION_LOCK})"
+    ))
+    .bind(message)
+    .execute(&mut *deletion)
+    .await
+    .unwrap();
+
+    let id = "evt_01JDB7U4CUTOFFINGESTAAAA";
+    let body = message_with(id, "cut off");
+    let delivery = TestDelivery::json(body.clone())
+        .secret(SECRET)
+        .verify()
+        .unwrap();
+    let started = Instant::now();
+    let refused = inbox.ingest(&delivery, &body).await;
+    assert!(refused.is_err(), "not acknowledged: {refused:?}");
+    assert!(started.elapsed() < Duration::from_secs(2));
+
+    // The statement still runs on the server; its connection is not the
+    // pool's any more, so the application's statements answer at once.
+    let answered = tokio::time::timeout(Duration::from_secs(2), async {
+        for n in 0..3 {
+            let one: i32 = sqlx::query_scalar("SELECT $1")
+                .bind(n)
+                .fetch_one(inbox.pool())
+                .await
+                .unwrap();
+            assert_eq!(one, n);
+        }
+    })
+    .await;
+    assert!(
+        answered.is_ok(),
+        "the pool's connection was left waiting on the cut-off statement"
+    );
+    deletion.commit().await.unwrap();
+
+    // The server may have finished the cut-off statement after all: the
+    // sender's retry then finds it, or else stores it; one row either way.
+    inbox.ingest(&delivery, &body).await.unwrap();
+    let stored = inbox.get(id).await.unwrap().unwrap();
+    assert_eq!(stored.status, InboxStatus::Queued);
+    assert_eq!(stored.body_len, Some(body.len()));
+    let rows: i64 = sqlx::query_scalar("SELECT count(*) FROM cariosan_webhooks.inbox")
+        .fetch_one(inbox.pool())
+        .await
+        .unwrap();
+    assert_eq!(rows, 1);
 }

@@ -20,8 +20,8 @@ use tower_service::Service;
 use super::monitor::SessionMonitor;
 use super::ordering::{Ordering, OrderingKeys, StalePolicy};
 use super::schedule::{Clock, RetrySchedule, WallClock};
-use super::transaction::{CommitError, RunTx};
-use super::worker::{CONTENT_EVENTS, CONTENT_EVENT_TYPES};
+use super::transaction::{Autocommit, CommitError, RunTx};
+use super::worker::CONTENT_EVENTS;
 use super::{
     checked_retention, checked_schema, checked_wait, migrations, postgres_error,
     DEFAULT_ACQUIRE_TIMEOUT, DEFAULT_SCHEMA, NO_TENANT,
@@ -412,12 +412,14 @@ impl Inbox {
     }
 
     async fn insert(&self, delivery: &VerifiedDelivery, body: &[u8]) -> Result<bool, StoreError> {
-        let acquire = self.config.acquire_timeout;
-        let mut tx = RunTx::begin(&self.pool, acquire, Some(acquire)).await?;
+        let mut conn = Autocommit::acquire(&self.pool, self.config.acquire_timeout).await?;
         // A content event of a message whose deletion was handled (a late
-        // retry of its creation, say) is stored without its text, done. A
-        // keyed row is not due before an earlier row of its key that waits
-        // for a retry: claims need not pass over it meanwhile.
+        // retry of its creation, say) is stored without its text, done.
+        // `deletion_recorded` takes the message's deletion lock shared
+        // first and then looks with a snapshot of its own, so a deletion
+        // committing meanwhile is seen, or sees this row. A keyed row is
+        // not due before an earlier row of its key that waits for a retry:
+        // claims need not pass over it meanwhile.
         let key = self
             .config
             .ordering
@@ -439,43 +441,27 @@ impl Inbox {
              SELECT $1, $2, $3, $4, $6, $7, {due_at}, \
                CASE WHEN late.gone THEN 'done' ELSE 'queued' END, \
                CASE WHEN late.gone THEN 'superseded' END, CASE WHEN late.gone THEN $8 END, $10, $11 \
-             FROM (SELECT $3 IN {CONTENT_EVENTS} AND EXISTS (SELECT 1 FROM {deleted} \
-               WHERE tenant = $1 AND message_id = ($4::text[])[1]) AS gone) AS late \
+             FROM (SELECT CASE WHEN $3 IN {CONTENT_EVENTS} AND ($4::text[])[1] <> '' \
+               THEN {schema}.deletion_recorded({lock}, $1, ($4::text[])[1]) ELSE false END AS gone) AS late \
              ON CONFLICT DO NOTHING RETURNING tenant, delivery_id, status), \
              kept AS (INSERT INTO {bodies} (tenant, delivery_id, body) \
                SELECT tenant, delivery_id, $5 FROM row WHERE status = 'queued') \
              SELECT count(*) FROM row",
             table = self.table(),
             bodies = self.bodies_table(),
-            deleted = self.deleted_table(),
+            schema = self.config.schema,
+            lock = self.deletion_key("$1", "($4::text[])[1]"),
         );
-        let ids = message_ids(delivery);
         let hold = match (&self.config.ordering, &key) {
             (Some(ordering), Some(_)) => ordering.hold_for,
             _ => Duration::ZERO,
         };
         let now = self.now();
-        if CONTENT_EVENT_TYPES.contains(&delivery.event_type())
-            && ids.first().is_some_and(|id| !id.is_empty())
-        {
-            let locked = sqlx::query(&format!(
-                "SELECT pg_catalog.pg_advisory_xact_lock_shared({})",
-                self.deletion_key("$1", "$2")
-            ))
-            .bind(delivery.tenant().unwrap_or(NO_TENANT))
-            .bind(&ids[0])
-            .execute(&mut *tx)
-            .await;
-            if let Err(error) = locked {
-                tx.rollback().await;
-                return Err(postgres_error(error));
-            }
-        }
-        let inserted: Result<i64, _> = sqlx::query_scalar(&sql)
+        let stored: i64 = sqlx::query_scalar(&sql)
             .bind(delivery.tenant().unwrap_or(NO_TENANT))
             .bind(delivery.id().as_str())
             .bind(delivery.event_type())
-            .bind(ids)
+            .bind(message_ids(delivery))
             .bind(body)
             .bind(delivery.signed_at())
             .bind(delivery.attempt().and_then(|a| i32::try_from(a).ok()))
@@ -483,18 +469,11 @@ impl Inbox {
             .bind(now + hold)
             .bind(key)
             .bind(event_at(delivery))
-            .fetch_one(&mut *tx)
-            .await;
-        match inserted {
-            Ok(stored) => {
-                tx.commit().await.map_err(CommitError::into_store_error)?;
-                Ok(stored == 1)
-            }
-            Err(error) => {
-                tx.rollback().await;
-                Err(postgres_error(error))
-            }
-        }
+            .fetch_one(&mut *conn)
+            .await
+            .map_err(postgres_error)?;
+        conn.release();
+        Ok(stored == 1)
     }
 
     /// Rows of this inbox's tenant, newest first, at most `limit`.
@@ -551,21 +530,18 @@ impl Inbox {
     /// Queues a done or dead delivery again, with a fresh set of attempts,
     /// due now. Refused when it is queued already, or when its body is gone.
     pub async fn replay(&self, id: &str) -> Result<(), InboxError> {
+        let table = self.table();
         let sql = format!(
-            "UPDATE {} SET status = 'queued', outcome = NULL, attempts = 0, recorded_attempts = 0, \
+            "UPDATE {table} SET status = 'queued', outcome = NULL, attempts = 0, recorded_attempts = 0, \
              due_at = $3, finished_at = NULL, give_up_pending = false, generation = generation + 1 \
-             WHERE tenant = $1 AND delivery_id = $2 AND status <> 'queued' AND {has_body}",
-            self.table(),
+             WHERE tenant = $1 AND delivery_id = ANY($2) AND status <> 'queued' AND {has_body}",
             has_body = self.has_body("inbox"),
         );
-        let replayed = sqlx::query(&sql)
-            .bind(&*self.config.tenant)
-            .bind(id)
-            .bind(self.now())
-            .execute(&self.pool)
-            .await
-            .map_err(postgres_error)?
-            .rows_affected();
+        let lock = format!(
+            "SELECT delivery_id FROM {table} WHERE tenant = $1 AND delivery_id = $2 \
+             AND status <> 'queued' FOR UPDATE"
+        );
+        let (replayed, _) = self.replay_locked(&lock, Some(id), &sql, None).await?;
         if replayed == 1 {
             self.config.wake.notify_one();
             return Ok(());
@@ -583,31 +559,82 @@ impl Inbox {
     /// were queued, and how many dead rows were left because their body is
     /// gone (purged, or dropped with a deleted message).
     pub async fn replay_dead(&self) -> Result<ReplayedDead, StoreError> {
+        let table = self.table();
         let sql = format!(
-            "WITH replayed AS (UPDATE {table} SET status = 'queued', outcome = NULL, attempts = 0, \
-               recorded_attempts = 0, due_at = $2, finished_at = NULL, give_up_pending = false, \
+            "UPDATE {table} SET status = 'queued', outcome = NULL, attempts = 0, \
+               recorded_attempts = 0, due_at = $3, finished_at = NULL, give_up_pending = false, \
                generation = generation + 1 \
-               WHERE (tenant, delivery_id) IN (SELECT tenant, delivery_id FROM {table} \
-                 WHERE tenant = $1 AND status = 'dead' AND {has_body} \
-                 ORDER BY tenant, delivery_id FOR UPDATE SKIP LOCKED) RETURNING 1) \
-             SELECT (SELECT count(*) FROM replayed), \
-               (SELECT count(*) FROM {table} WHERE tenant = $1 AND status = 'dead' AND NOT {has_body})",
-            table = self.table(),
+             WHERE tenant = $1 AND delivery_id = ANY($2) AND status = 'dead' AND {has_body}",
             has_body = self.has_body("inbox"),
         );
-        let (queued, without_body): (i64, i64) = sqlx::query_as(&sql)
-            .bind(&*self.config.tenant)
-            .bind(self.now())
-            .fetch_one(&self.pool)
-            .await
-            .map_err(postgres_error)?;
+        let lock = format!(
+            "SELECT delivery_id FROM {table} WHERE tenant = $1 AND status = 'dead' \
+             ORDER BY tenant, delivery_id FOR UPDATE SKIP LOCKED"
+        );
+        let left = format!(
+            "SELECT count(*) FROM {table} WHERE tenant = $1 AND status = 'dead' AND NOT {has_body}",
+            has_body = self.has_body("inbox"),
+        );
+        let (queued, without_body) = self.replay_locked(&lock, None, &sql, Some(&left)).await?;
         if queued > 0 {
             self.config.wake.notify_waiters();
         }
         Ok(ReplayedDead {
-            queued: queued.unsigned_abs(),
+            queued,
             without_body: without_body.unsigned_abs(),
         })
+    }
+
+    /// Locks rows with `lock` (binding the tenant, then `id`), then runs
+    /// `replay` over the ids it locked (binding the tenant, the ids, now)
+    /// and, when given, `count` (binding the tenant), in one transaction;
+    /// the rows replayed and the count. Every statement that drops a body
+    /// holds its row's lock until it commits, so a statement after the lock
+    /// sees whether a locked row still has its body; the locking statement
+    /// itself would read that from a snapshot taken before it waited.
+    async fn replay_locked(
+        &self,
+        lock: &str,
+        id: Option<&str>,
+        replay: &str,
+        count: Option<&str>,
+    ) -> Result<(u64, i64), StoreError> {
+        let mut tx = RunTx::begin(&self.pool, self.config.acquire_timeout, None).await?;
+        let done: Result<(u64, i64), sqlx::Error> = async {
+            let mut locking = sqlx::query_scalar::<_, String>(lock).bind(&*self.config.tenant);
+            if let Some(id) = id {
+                locking = locking.bind(id);
+            }
+            let locked = locking.fetch_all(&mut *tx).await?;
+            let replayed = sqlx::query(replay)
+                .bind(&*self.config.tenant)
+                .bind(&locked)
+                .bind(self.now())
+                .execute(&mut *tx)
+                .await?
+                .rows_affected();
+            let counted = match count {
+                Some(count) => {
+                    sqlx::query_scalar(count)
+                        .bind(&*self.config.tenant)
+                        .fetch_one(&mut *tx)
+                        .await?
+                }
+                None => 0,
+            };
+            Ok((replayed, counted))
+        }
+        .await;
+        match done {
+            Ok(done) => {
+                tx.commit().await.map_err(CommitError::into_store_error)?;
+                Ok(done)
+            }
+            Err(error) => {
+                tx.rollback().await;
+                Err(postgres_error(error))
+            }
+        }
     }
 
     /// Deletes the stored body of delivery `id`; whether it had one. A

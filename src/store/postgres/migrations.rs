@@ -90,17 +90,27 @@ const MIGRATIONS: &[(i64, &str, &str)] = &[
     ),
     (
         5,
-        "inbox bodies in a table of their own",
-        "CREATE TABLE {schema}.inbox_bodies (
+        "inbox bodies in a table of their own, ingest in one statement",
+        "LOCK TABLE {schema}.inbox IN ACCESS EXCLUSIVE MODE;
+        CREATE TABLE {schema}.inbox_bodies (
             tenant text NOT NULL,
             delivery_id text NOT NULL,
             body bytea NOT NULL,
-            PRIMARY KEY (tenant, delivery_id),
-            FOREIGN KEY (tenant, delivery_id) REFERENCES {schema}.inbox (tenant, delivery_id) ON DELETE CASCADE
+            PRIMARY KEY (tenant, delivery_id)
         );
         INSERT INTO {schema}.inbox_bodies (tenant, delivery_id, body)
             SELECT tenant, delivery_id, body FROM {schema}.inbox WHERE body IS NOT NULL;
-        ALTER TABLE {schema}.inbox DROP COLUMN body;",
+        ALTER TABLE {schema}.inbox_bodies ADD FOREIGN KEY (tenant, delivery_id)
+            REFERENCES {schema}.inbox (tenant, delivery_id) ON DELETE CASCADE;
+        ALTER TABLE {schema}.inbox DROP COLUMN body;
+        CREATE FUNCTION {schema}.deletion_recorded(lock_key bigint, tenant text, message_id text)
+            RETURNS boolean LANGUAGE plpgsql VOLATILE AS $fn$
+        BEGIN
+            PERFORM pg_catalog.pg_advisory_xact_lock_shared($1);
+            RETURN EXISTS (SELECT 1 FROM {schema}.deleted_messages AS deleted
+                WHERE deleted.tenant = $2 AND deleted.message_id = $3);
+        END
+        $fn$;",
     ),
 ];
 

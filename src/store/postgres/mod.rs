@@ -141,8 +141,11 @@
 //! | `schema_migrations (version bigint primary key, description text, applied_at timestamptz)` | the crate's own migration versions, apart from sqlx's `_sqlx_migrations`, so an application's `sqlx::migrate!()` never sees them |
 //! | `handled_deliveries (tenant text, delivery_id text, event_type text, outcome text, attempt integer, handled_at timestamptz, primary key (tenant, delivery_id))` | one row per delivery handled or given up; `tenant` is `''` for now, so that a receiver of several workspaces can join the key |
 //! | index `handled_deliveries_handled_at` on `handled_at` | for [`prune`](PostgresBackend::prune), which drops records older than the retention (3 days) |
-//! | `inbox (tenant, delivery_id, event_type, message_ids text[], body bytea, signed_at, sender_attempt, received_at, status, outcome, attempts, recorded_attempts, due_at, last_error, finished_at, primary key (tenant, delivery_id))` | the [inbox](#the-inbox): one row per delivery, `status` `queued`, `done` or `dead` |
-//! | indexes `inbox_due` (queued rows by `due_at`), `inbox_finished`, `inbox_message_ids` (GIN) | claims, pruning, and dropping a deleted message's bodies |
+//! | `inbox (tenant, delivery_id, event_type, message_ids text[], signed_at, sender_attempt, received_at, status, outcome, attempts, recorded_attempts, due_at, last_error, finished_at, generation, give_up_pending, give_up_due_at, error_kind, ordering_key, event_at, primary key (tenant, delivery_id))` | the [inbox](#the-inbox): one row per delivery, `status` `queued`, `done` or `dead` |
+//! | `inbox_bodies (tenant, delivery_id, body bytea, primary key (tenant, delivery_id), foreign key to inbox on delete cascade)` | each row's raw signed body while it is kept, apart from the state that claims and runs update |
+//! | indexes `inbox_due` (queued rows by `due_at`), `inbox_finished`, `inbox_message_ids` (GIN), `inbox_give_up_pending`, `inbox_ordering`, `inbox_ordering_running` | claims, pruning, dropping a deleted message's bodies, owed give-up hooks, and ordering keys |
+//! | `deleted_messages (tenant, message_id, deleted_at)` | messages whose `message.deleted` was handled: no stored text of theirs may stay |
+//! | `ordering_marks (tenant, ordering_key, event_at, delivery_id, updated_at)` | per ordering key, the latest row that ran to an end |
 //!
 //! It migrates in one transaction under an advisory lock
 //! ([`migration_lock_key`](PostgresBackend::migration_lock_key)), so that

@@ -241,6 +241,46 @@ pub(crate) async fn acquire(
     }
 }
 
+/// A pool connection for autocommit statements. Dropped before
+/// [`release`](Self::release) (its statement's future cut off), it is
+/// closed rather than returned: a statement may be half-sent on it, or its
+/// answer unread. An autocommit statement leaves no transaction open.
+pub(crate) struct Autocommit(Option<PoolConnection<Postgres>>);
+
+impl Autocommit {
+    /// Waits at most `timeout` for a pool connection.
+    pub(crate) async fn acquire(pool: &PgPool, timeout: Duration) -> Result<Self, StoreError> {
+        acquire(pool, timeout).await.map(|conn| Self(Some(conn)))
+    }
+
+    /// Returns the connection to the pool.
+    pub(crate) fn release(mut self) {
+        drop(self.0.take());
+    }
+}
+
+impl Deref for Autocommit {
+    type Target = PgConnection;
+
+    fn deref(&self) -> &PgConnection {
+        self.0.as_ref().expect("held until released")
+    }
+}
+
+impl DerefMut for Autocommit {
+    fn deref_mut(&mut self) -> &mut PgConnection {
+        self.0.as_mut().expect("held until released")
+    }
+}
+
+impl Drop for Autocommit {
+    fn drop(&mut self) {
+        if let Some(conn) = self.0.take() {
+            drop(conn.detach());
+        }
+    }
+}
+
 impl Deref for RunTx {
     type Target = PgConnection;
 

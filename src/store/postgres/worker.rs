@@ -1059,7 +1059,13 @@ impl<S: Clone + Send + Sync + 'static> Shared<S> {
             .await
             .map(drop);
         }
-        if locked.is_ok() && !matches!(record, Record::Again | Record::Waits { .. }) {
+        // A done row that keeps neither its body nor its error has nothing
+        // for a deletion to drop, whatever the checks below would see.
+        let keeps_nothing = matches!(record, Record::Done(_)) && !inbox.config.keep_done_bodies;
+        if locked.is_ok()
+            && !keeps_nothing
+            && !matches!(record, Record::Again | Record::Waits { .. })
+        {
             // Waits for a deletion of a message this row holds that is
             // committing now, so that the checks below see it.
             locked = sqlx::query(&format!(
@@ -1343,10 +1349,6 @@ fn drop_bodies_of_rows(bodies: &str) -> String {
 /// first: a deletion of that message supersedes them.
 pub(super) const CONTENT_EVENTS: &str =
     "('message.created', 'message.updated', 'message.mentioned')";
-
-/// [`CONTENT_EVENTS`], for Rust.
-pub(super) const CONTENT_EVENT_TYPES: [&str; 3] =
-    ["message.created", "message.updated", "message.mentioned"];
 
 /// A `message.deleted` was handled (and recorded in `deleted_messages`):
 /// no stored text of its message may stay. Finished rows that hold it lose
