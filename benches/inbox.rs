@@ -73,7 +73,10 @@ fn main() {
         inbox.migrate().await.unwrap();
         sqlx::raw_sql(
             "CREATE TABLE IF NOT EXISTS effects (delivery_id text NOT NULL, event_type text NOT NULL);
-             CREATE TABLE raw_inbox (LIKE cariosan_webhooks.inbox INCLUDING ALL);",
+             CREATE TABLE raw_inbox (LIKE cariosan_webhooks.inbox INCLUDING ALL);
+             CREATE TABLE saved_bodies (LIKE cariosan_webhooks.inbox_bodies INCLUDING ALL);
+             CREATE TABLE raw_bodies (LIKE cariosan_webhooks.inbox_bodies INCLUDING ALL,
+               FOREIGN KEY (tenant, delivery_id) REFERENCES raw_inbox (tenant, delivery_id) ON DELETE CASCADE);",
         )
         .execute(&pool)
         .await
@@ -85,6 +88,17 @@ fn main() {
         assert_eq!(commit, "on");
         pool
     });
+    if std::env::var_os("CARIOSAN_INBOX_PROFILE").is_some() {
+        runtime.block_on(profile(&pool));
+        return;
+    }
+    if let Some(seconds) = std::env::var("CARIOSAN_INBOX_SOAK")
+        .ok()
+        .and_then(|s| s.parse().ok())
+    {
+        runtime.block_on(soak(&pool, Duration::from_secs(seconds)));
+        return;
+    }
     let signed = Arc::new(signed_pool(200_000));
     let body = support::compact_reply();
 
@@ -229,7 +243,7 @@ async fn count(pool: &PgPool, sql: &str) -> i64 {
 }
 
 async fn truncate(pool: &PgPool) {
-    sqlx::raw_sql("TRUNCATE cariosan_webhooks.inbox, raw_inbox, effects")
+    sqlx::raw_sql("TRUNCATE cariosan_webhooks.inbox, cariosan_webhooks.inbox_bodies, raw_inbox, raw_bodies, saved_bodies, effects")
         .execute(pool)
         .await
         .unwrap();
@@ -260,24 +274,37 @@ fn serve_ingest(addr: SocketAddr, url: &str) {
 /// The ingest's INSERT sent straight from `CONNECTIONS` tasks for the
 /// ingest run's length, into a copy of the table; deliveries/s.
 async fn raw_inserts(pool: &PgPool, body: &[u8], with_notify: bool) -> f64 {
+    // What ingest's one statement does: the deletion check (under the
+    // message's deletion lock), the row, its body.
+    let stored = "late AS (SELECT cariosan_webhooks.deletion_recorded(pg_catalog.hashtextextended(\
+           'cariosan-webhooks deleted cariosan_webhooks' || pg_catalog.chr(31) || '' || pg_catalog.chr(31) || 'msg_1', 0), \
+           '', 'msg_1') AS gone), \
+         row AS (INSERT INTO raw_inbox (delivery_id, event_type, message_ids, signed_at, sender_attempt, due_at) \
+           SELECT $1, 'message.created', ARRAY['msg_1'], 1, 1, now() FROM late WHERE NOT late.gone \
+           ON CONFLICT DO NOTHING RETURNING tenant, delivery_id)";
     let sql = if with_notify {
-        "WITH stored AS (INSERT INTO raw_inbox (delivery_id, event_type, message_ids, body, signed_at, sender_attempt, due_at) \
-         VALUES ($1, 'message.created', ARRAY['msg_1'], $2, 1, 1, now()) ON CONFLICT DO NOTHING RETURNING 1) \
-         SELECT pg_notify('cariosan_webhooks_inbox', '') FROM stored"
+        format!(
+            "WITH {stored}, kept AS (INSERT INTO raw_bodies (tenant, delivery_id, body) \
+               SELECT tenant, delivery_id, $2 FROM row) \
+             SELECT pg_notify('cariosan_webhooks_inbox', '') FROM row"
+        )
     } else {
-        "INSERT INTO raw_inbox (delivery_id, event_type, message_ids, body, signed_at, sender_attempt, due_at) \
-         VALUES ($1, 'message.created', ARRAY['msg_1'], $2, 1, 1, now()) ON CONFLICT DO NOTHING"
+        format!(
+            "WITH {stored} INSERT INTO raw_bodies (tenant, delivery_id, body) \
+             SELECT tenant, delivery_id, $2 FROM row"
+        )
     };
+    let sql: Arc<str> = sql.into();
     let done = Arc::new(AtomicUsize::new(0));
     let started = Instant::now();
     let deadline = started + INGEST_RUN;
     let tasks: Vec<_> = (0..CONNECTIONS)
         .map(|task| {
-            let (pool, done, body) = (pool.clone(), done.clone(), body.to_vec());
+            let (pool, done, body, sql) = (pool.clone(), done.clone(), body.to_vec(), sql.clone());
             tokio::spawn(async move {
                 let mut n = 0u64;
                 while Instant::now() < deadline {
-                    sqlx::query(sql)
+                    sqlx::query(&sql)
                         .bind(format!("evt_raw_{with_notify}_{task}_{n}"))
                         .bind(&body)
                         .execute(&pool)
@@ -295,6 +322,10 @@ async fn raw_inserts(pool: &PgPool, body: &[u8], with_notify: bool) -> f64 {
     done.load(Ordering::Relaxed) as f64 / started.elapsed().as_secs_f64()
 }
 
+/// Handler runs that returned, counted here so that waiting for a drain
+/// costs the database nothing.
+static RAN: AtomicUsize = AtomicUsize::new(0);
+
 async fn insert_effect(event: Delivery<Event>, tx: Tx) -> HandlerResult {
     let mut conn = tx.conn().await?;
     sqlx::query("INSERT INTO effects (delivery_id, event_type) VALUES ($1, $2)")
@@ -302,6 +333,7 @@ async fn insert_effect(event: Delivery<Event>, tx: Tx) -> HandlerResult {
         .bind(event.event_type())
         .execute(&mut *conn)
         .await?;
+    RAN.fetch_add(1, Ordering::Relaxed);
     Ok(())
 }
 
@@ -325,7 +357,7 @@ async fn drain_keyed(pool: &PgPool, keys: Option<i64>, rows: i64) -> Drain {
     drain_queued(pool, 8, rows).await
 }
 
-/// Queues every stored row again (the bench keeps bodies), then times
+/// Queues every stored row again (their bodies put back), then times
 /// `workers` workers draining them; deliveries/s.
 async fn drain_with(pool: &PgPool, workers: usize, rows: i64) -> Drain {
     sqlx::raw_sql("UPDATE cariosan_webhooks.inbox SET status = 'queued', ordering_key = NULL")
@@ -338,8 +370,12 @@ async fn drain_with(pool: &PgPool, workers: usize, rows: i64) -> Drain {
 /// Times `workers` workers draining the queued rows, `rows` of them, due
 /// in the order they arrived.
 async fn drain_queued(pool: &PgPool, workers: usize, rows: i64) -> Drain {
+    // Handled rows drop their bodies, as by default: they are put back
+    // from a copy for the next drain.
     sqlx::raw_sql(
         "TRUNCATE effects;
+         INSERT INTO saved_bodies SELECT * FROM cariosan_webhooks.inbox_bodies ON CONFLICT DO NOTHING;
+         INSERT INTO cariosan_webhooks.inbox_bodies SELECT * FROM saved_bodies ON CONFLICT DO NOTHING;
          UPDATE cariosan_webhooks.inbox SET outcome = NULL, attempts = 0,
            recorded_attempts = 0, due_at = received_at, finished_at = NULL, error_kind = NULL
            WHERE status = 'queued';
@@ -348,7 +384,8 @@ async fn drain_queued(pool: &PgPool, workers: usize, rows: i64) -> Drain {
     .execute(pool)
     .await
     .unwrap();
-    let inbox = Inbox::new(pool.clone()).keep_done_bodies(true);
+    let inbox = Inbox::new(pool.clone());
+    let ran = RAN.load(Ordering::Relaxed);
     let cpu_before = (postgres_ticks(), own_ticks());
     let started = Instant::now();
     let handle = inbox
@@ -356,8 +393,12 @@ async fn drain_queued(pool: &PgPool, workers: usize, rows: i64) -> Drain {
         .concurrency(workers)
         .poll_interval(Duration::from_millis(5))
         .start();
+    // The last runs' commits follow their handlers by a statement or two.
+    while RAN.load(Ordering::Relaxed) - ran < rows as usize {
+        tokio::time::sleep(Duration::from_millis(1)).await;
+    }
     while count(pool, "SELECT count(*) FROM effects").await < rows {
-        tokio::time::sleep(Duration::from_millis(5)).await;
+        tokio::time::sleep(Duration::from_millis(1)).await;
     }
     let took = started.elapsed();
     let cpu_after = (postgres_ticks(), own_ticks());
@@ -466,4 +507,192 @@ async fn wake_ups(url: &str) -> (Vec<Duration>, Vec<Duration>) {
     }
     handle.shutdown(Duration::from_secs(5)).await;
     (local, remote)
+}
+
+/// Where the database's time goes in a drain: stores rows through
+/// `Inbox::ingest`, drains them with 8 workers, and prints the statements
+/// by total time (needs `CARIOSAN_PG_OPTIONS="-c
+/// shared_preload_libraries=pg_stat_statements"`).
+async fn profile(pool: &PgPool) {
+    let rows: i64 = std::env::var("CARIOSAN_INBOX_PROFILE")
+        .ok()
+        .and_then(|rows| rows.parse().ok())
+        .unwrap_or(5000);
+    sqlx::raw_sql("CREATE EXTENSION IF NOT EXISTS pg_stat_statements")
+        .execute(pool)
+        .await
+        .unwrap();
+    let stored_at = Instant::now();
+    store_many(&Inbox::new(pool.clone()), "profile", rows as usize).await;
+    println!("stored {rows} rows in {:?}", stored_at.elapsed());
+    for round in 0..2 {
+        sqlx::raw_sql("SELECT pg_stat_statements_reset()")
+            .execute(pool)
+            .await
+            .unwrap();
+        let drain = drain_with(pool, 8, rows).await;
+        println!(
+            "round {round}: {:.0} deliveries/s, PostgreSQL {:.0} µs/delivery, workers {:.0} µs/delivery",
+            drain.rate, drain.postgres_cpu_us, drain.worker_cpu_us
+        );
+    }
+    let top: Vec<(i64, f64, String)> = sqlx::query_as(
+        "SELECT calls, total_exec_time + total_plan_time, query FROM pg_stat_statements \
+         ORDER BY total_exec_time + total_plan_time DESC LIMIT 20",
+    )
+    .fetch_all(pool)
+    .await
+    .unwrap();
+    println!("| calls | µs per delivery | statement |");
+    for (calls, total_ms, query) in top {
+        let query: String = query.split_whitespace().collect::<Vec<_>>().join(" ");
+        println!(
+            "| {calls} | {:.1} | {} |",
+            total_ms * 1000.0 / rows as f64,
+            query.chars().take(160).collect::<String>()
+        );
+    }
+}
+
+/// Stores `count` new deliveries through `Inbox::ingest` from 16 tasks,
+/// ids from `prefix`; when each was stored, by id.
+async fn store_many(inbox: &Inbox, prefix: &str, count: usize) -> Vec<(String, Instant)> {
+    let template = String::from_utf8(support::compact_reply()).unwrap();
+    let next = Arc::new(AtomicUsize::new(0));
+    let stored = Arc::new(Mutex::new(Vec::with_capacity(count)));
+    let tasks: Vec<_> = (0..CONNECTIONS)
+        .map(|_| {
+            let (inbox, next, template, stored) = (
+                inbox.clone(),
+                next.clone(),
+                template.clone(),
+                stored.clone(),
+            );
+            let prefix = prefix.to_owned();
+            tokio::spawn(async move {
+                loop {
+                    let n = next.fetch_add(1, Ordering::Relaxed);
+                    if n >= count {
+                        break;
+                    }
+                    let id = format!("evt_{prefix}_{n:09}");
+                    let body = template.replace(support::REPLY_ID, &id);
+                    let delivery = TestDelivery::json(body.clone())
+                        .secret(SECRET)
+                        .verify()
+                        .unwrap();
+                    inbox.ingest(&delivery, body.as_bytes()).await.unwrap();
+                    stored.lock().unwrap().push((id, Instant::now()));
+                }
+            })
+        })
+        .collect();
+    for task in tasks {
+        task.await.unwrap();
+    }
+    Arc::try_unwrap(stored).unwrap().into_inner().unwrap()
+}
+
+/// Holds the rate over time: arrivals at half the rate 8 workers drain
+/// (measured first), for `length`, with default autovacuum. Per minute:
+/// what arrived and ran, the time from a stored row to its handler's
+/// start (p50, p99), and the inbox's dead tuples.
+async fn soak(pool: &PgPool, length: Duration) {
+    let inbox = Inbox::new(pool.clone());
+    store_many(&inbox, "soak_warm", 5000).await;
+    let drained = drain_with(pool, 8, 5000).await;
+    let rate = std::env::var("CARIOSAN_INBOX_SOAK_RATE")
+        .ok()
+        .and_then(|rate| rate.parse().ok())
+        .unwrap_or(drained.rate / 2.0);
+    println!(
+        "drain rate {:.0}/s; arrivals at {rate:.0}/s for {length:?}",
+        drained.rate
+    );
+    let started_at: Arc<Mutex<std::collections::HashMap<String, Instant>>> = Arc::default();
+    let waits: Arc<Mutex<Vec<Duration>>> = Arc::default();
+    let handler = {
+        let (started_at, waits) = (started_at.clone(), waits.clone());
+        move |event: Delivery<Event>, tx: Tx| {
+            let started = Instant::now();
+            if let Some(at) = started_at.lock().unwrap().remove(event.id.as_str()) {
+                waits.lock().unwrap().push(started - at);
+            }
+            async move { insert_effect(event, tx).await }
+        }
+    };
+    let workers = inbox
+        .workers(Webhooks::new().on(EventSelector::AllKnown, handler))
+        .concurrency(8)
+        .start();
+    let template = String::from_utf8(support::compact_reply()).unwrap();
+    let dead = || async {
+        let (inbox, bodies): (i64, i64) = sqlx::query_as(
+            "SELECT (SELECT n_dead_tup FROM pg_stat_user_tables WHERE schemaname = 'cariosan_webhooks' AND relname = 'inbox'), \
+                    (SELECT n_dead_tup FROM pg_stat_user_tables WHERE schemaname = 'cariosan_webhooks' AND relname = 'inbox_bodies')",
+        )
+        .fetch_one(pool)
+        .await
+        .unwrap();
+        (inbox, bodies)
+    };
+    let (dead_inbox, dead_bodies) = dead().await;
+    println!("| minute | arrived | handled | arrival → handler start p50 | p99 | inbox dead tuples | inbox_bodies dead tuples | inbox rows |");
+    println!("|---|---|---|---|---|---|---|---|");
+    println!("| 0 | | | | | {dead_inbox} | {dead_bodies} | |");
+    let began = Instant::now();
+    let mut sent = 0usize;
+    let mut minute = 1;
+    let mut ticker = tokio::time::interval(Duration::from_millis(10));
+    let ingesting = Arc::new(tokio::sync::Semaphore::new(CONNECTIONS));
+    let mut stored_in_minute = 0usize;
+    while began.elapsed() < length {
+        ticker.tick().await;
+        let due = (began.elapsed().as_secs_f64() * rate) as usize;
+        while sent < due {
+            let id = format!("evt_soak_{sent:09}");
+            sent += 1;
+            stored_in_minute += 1;
+            let body = template.replace(support::REPLY_ID, &id);
+            let (inbox, started_at) = (inbox.clone(), started_at.clone());
+            let permit = ingesting.clone().acquire_owned().await.unwrap();
+            tokio::spawn(async move {
+                let delivery = TestDelivery::json(body.clone())
+                    .secret(SECRET)
+                    .verify()
+                    .unwrap();
+                started_at.lock().unwrap().insert(id, Instant::now());
+                inbox.ingest(&delivery, body.as_bytes()).await.unwrap();
+                drop(permit);
+            });
+        }
+        if began.elapsed() >= Duration::from_secs(60 * minute) {
+            let mut taken = std::mem::take(&mut *waits.lock().unwrap());
+            taken.sort();
+            let at = |q: f64| {
+                taken
+                    .get(((taken.len() as f64 - 1.0) * q) as usize)
+                    .map_or(0.0, |d| d.as_secs_f64() * 1e3)
+            };
+            let (dead_inbox, dead_bodies) = dead().await;
+            let rows: i64 = count(pool, "SELECT count(*) FROM cariosan_webhooks.inbox").await;
+            println!(
+                "| {minute} | {stored_in_minute} | {} | {:.1} ms | {:.1} ms | {dead_inbox} | {dead_bodies} | {rows} |",
+                taken.len(),
+                at(0.5),
+                at(0.99)
+            );
+            stored_in_minute = 0;
+            minute += 1;
+        }
+    }
+    workers.shutdown(Duration::from_secs(10)).await;
+    let autovacuums: Vec<(String, i64, i64)> = sqlx::query_as(
+        "SELECT relname::text, autovacuum_count, autoanalyze_count FROM pg_stat_user_tables \
+         WHERE schemaname = 'cariosan_webhooks' AND relname IN ('inbox', 'inbox_bodies') ORDER BY relname",
+    )
+    .fetch_all(pool)
+    .await
+    .unwrap();
+    println!("autovacuum and autoanalyze runs: {autovacuums:?}");
 }
