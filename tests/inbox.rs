@@ -1093,7 +1093,25 @@ const DELETION_LOCK: &str =
 #[ignore = "needs PostgreSQL (initdb, pg_ctl); .ci/run installs postgresql and runs the ignored tests"]
 async fn a_copy_stored_while_its_messages_deletion_commits_is_stored_without_its_text() {
     let server = PostgresServer::start();
-    let inbox = inbox(&server, 4).await;
+    copy_stored_while_its_messages_deletion_commits(&server).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore = "needs PostgreSQL (initdb, pg_ctl); .ci/run installs postgresql and runs the ignored tests"]
+async fn under_a_repeatable_read_default_a_copy_stored_while_its_deletion_commits_is_stored_without_its_text(
+) {
+    let server = PostgresServer::start();
+    sqlx::query("ALTER DATABASE postgres SET default_transaction_isolation = 'repeatable read'")
+        .execute(&server.pool(1).await)
+        .await
+        .unwrap();
+    copy_stored_while_its_messages_deletion_commits(&server).await;
+}
+
+/// A deletion of the fixture's message recorded and holding its lock,
+/// a copy of its creation ingested meanwhile, then the deletion committed.
+async fn copy_stored_while_its_messages_deletion_commits(server: &PostgresServer) {
+    let inbox = inbox(server, 4).await;
     let deleting = server.pool(1).await;
     let message = "msg_01JDB7Q3M0";
     // A deletion of the message, recorded and holding its lock, not committed.
@@ -1186,6 +1204,26 @@ async fn an_ingest_cut_off_mid_statement_closes_its_connection_and_the_pool_stil
         answered.is_ok(),
         "the pool's connection was left waiting on the cut-off statement"
     );
+    // Nor does the statement wait on the server past the acquire timeout,
+    // while the deletion still holds its lock.
+    let watcher = server.pool(1).await;
+    let waiting = || async {
+        sqlx::query_scalar::<_, i64>(
+            "SELECT count(*) FROM pg_catalog.pg_stat_activity \
+             WHERE wait_event_type = 'Lock' AND query LIKE '%deletion_recorded%'",
+        )
+        .fetch_one(&watcher)
+        .await
+        .unwrap()
+    };
+    let cut_off = Instant::now();
+    while waiting().await > 0 {
+        assert!(
+            cut_off.elapsed() < Duration::from_secs(3),
+            "the cut-off ingest still waits on the server"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
     deletion.commit().await.unwrap();
 
     // The server may have finished the cut-off statement after all: the

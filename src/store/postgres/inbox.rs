@@ -366,9 +366,10 @@ impl Inbox {
 
     /// The advisory key of a message's deletion, as SQL over the tenant and
     /// the message id. A deletion takes it exclusively before it records
-    /// the message; a run that finishes, and an ingest of a content event,
-    /// take it shared for the messages they hold first. So each either
-    /// commits before the deletion looks for it, or sees the deletion.
+    /// the message; a run that finishes keeping a body or an error, and an
+    /// ingest of a content event (for the message it names first), take it
+    /// shared for the messages they hold first. So each either commits
+    /// before the deletion looks for it, or sees the deletion.
     pub(super) fn deletion_key(&self, tenant: &str, message: &str) -> String {
         format!(
             "pg_catalog.hashtextextended('cariosan-webhooks deleted ' || '{}' || pg_catalog.chr(31) \
@@ -388,9 +389,12 @@ impl Inbox {
 
     /// Stores `delivery` unless a row for it exists; whether it was new.
     ///
-    /// The insert runs in a transaction of its own, answered only once it
-    /// committed; dropped half-way (a client hanging up, the timeout), it
-    /// is rolled back or closed, never left open on a pooled connection.
+    /// The insert is one statement, answered only once it committed;
+    /// dropped half-way (a client hanging up, the timeout), its connection
+    /// is closed rather than returned to the pool, and the statement, if
+    /// it still runs on the server, waits for no lock longer than the
+    /// acquire timeout (then it commits, and a copy is a duplicate, or it
+    /// fails, and a copy is stored).
     pub async fn ingest(
         &self,
         delivery: &VerifiedDelivery,
@@ -412,7 +416,6 @@ impl Inbox {
     }
 
     async fn insert(&self, delivery: &VerifiedDelivery, body: &[u8]) -> Result<bool, StoreError> {
-        let mut conn = Autocommit::acquire(&self.pool, self.config.acquire_timeout).await?;
         // A content event of a message whose deletion was handled (a late
         // retry of its creation, say) is stored without its text, done.
         // `deletion_recorded` takes the message's deletion lock shared
@@ -441,8 +444,8 @@ impl Inbox {
              SELECT $1, $2, $3, $4, $6, $7, {due_at}, \
                CASE WHEN late.gone THEN 'done' ELSE 'queued' END, \
                CASE WHEN late.gone THEN 'superseded' END, CASE WHEN late.gone THEN $8 END, $10, $11 \
-             FROM (SELECT CASE WHEN $3 IN {CONTENT_EVENTS} AND ($4::text[])[1] <> '' \
-               THEN {schema}.deletion_recorded({lock}, $1, ($4::text[])[1]) ELSE false END AS gone) AS late \
+             FROM (SELECT {schema}.deletion_recorded({lock}, $1, \
+               CASE WHEN $3 IN {CONTENT_EVENTS} THEN ($4::text[])[1] END, $12) AS gone) AS late \
              ON CONFLICT DO NOTHING RETURNING tenant, delivery_id, status), \
              kept AS (INSERT INTO {bodies} (tenant, delivery_id, body) \
                SELECT tenant, delivery_id, $5 FROM row WHERE status = 'queued') \
@@ -457,22 +460,59 @@ impl Inbox {
             _ => Duration::ZERO,
         };
         let now = self.now();
-        let stored: i64 = sqlx::query_scalar(&sql)
-            .bind(delivery.tenant().unwrap_or(NO_TENANT))
-            .bind(delivery.id().as_str())
-            .bind(delivery.event_type())
-            .bind(message_ids(delivery))
-            .bind(body)
-            .bind(delivery.signed_at())
-            .bind(delivery.attempt().and_then(|a| i32::try_from(a).ok()))
-            .bind(now)
-            .bind(now + hold)
-            .bind(key)
-            .bind(event_at(delivery))
-            .fetch_one(&mut *conn)
-            .await
-            .map_err(postgres_error)?;
-        conn.release();
+        let wait = self.config.acquire_timeout.as_millis().to_string();
+        let statement = || {
+            sqlx::query_scalar::<_, i64>(&sql)
+                .bind(delivery.tenant().unwrap_or(NO_TENANT))
+                .bind(delivery.id().as_str())
+                .bind(delivery.event_type())
+                .bind(message_ids(delivery))
+                .bind(body)
+                .bind(delivery.signed_at())
+                .bind(delivery.attempt().and_then(|a| i32::try_from(a).ok()))
+                .bind(now)
+                .bind(now + hold)
+                .bind(key.clone())
+                .bind(event_at(delivery))
+                .bind(wait.as_str())
+        };
+        let mut conn = Autocommit::acquire(&self.pool, self.config.acquire_timeout).await?;
+        let stored = match statement().fetch_one(&mut *conn).await {
+            Ok(stored) => {
+                conn.release();
+                stored
+            }
+            Err(sqlx::Error::Database(error))
+                if error.code().as_deref() == Some(NEEDS_READ_COMMITTED) =>
+            {
+                // The session's default isolation is stricter, where the
+                // function's snapshot would be the statement's: the same
+                // statement, in a transaction that sets it.
+                conn.release();
+                let acquire = self.config.acquire_timeout;
+                let mut tx = RunTx::begin(&self.pool, acquire, Some(acquire)).await?;
+                match statement().fetch_one(&mut *tx).await {
+                    Ok(stored) => {
+                        tx.commit().await.map_err(CommitError::into_store_error)?;
+                        stored
+                    }
+                    Err(error) => {
+                        tx.rollback().await;
+                        return Err(postgres_error(error));
+                    }
+                }
+            }
+            Err(sqlx::Error::Database(error)) => {
+                // Refused: the connection is fine, and nothing committed.
+                conn.release();
+                return Err(postgres_error(sqlx::Error::Database(error)));
+            }
+            Err(error) => {
+                crate::metrics::store_error("commit_ambiguous");
+                tracing::error!(%error, "an inbox insert's answer was lost: it may or may not have committed; the sender's retry finds out");
+                return Err(postgres_error(error));
+            }
+        };
         Ok(stored == 1)
     }
 
@@ -1047,6 +1087,9 @@ impl InboxService {
 
 /// How soon the sender should retry when the inbox could not store.
 const STORE_RETRY_AFTER: Duration = Duration::from_secs(5);
+
+/// The SQLSTATE `deletion_recorded` raises outside `READ COMMITTED`.
+const NEEDS_READ_COMMITTED: &str = "CW001";
 
 /// Generic over the body so that it mounts like any axum service
 /// (`post_service(inbox.service()).layer(verification)`); the body it reads

@@ -103,9 +103,16 @@ const MIGRATIONS: &[(i64, &str, &str)] = &[
         ALTER TABLE {schema}.inbox_bodies ADD FOREIGN KEY (tenant, delivery_id)
             REFERENCES {schema}.inbox (tenant, delivery_id) ON DELETE CASCADE;
         ALTER TABLE {schema}.inbox DROP COLUMN body;
-        CREATE FUNCTION {schema}.deletion_recorded(lock_key bigint, tenant text, message_id text)
+        CREATE FUNCTION {schema}.deletion_recorded(lock_key bigint, tenant text, message_id text, wait text)
             RETURNS boolean LANGUAGE plpgsql VOLATILE AS $fn$
         BEGIN
+            IF pg_catalog.current_setting('transaction_isolation') <> 'read committed' THEN
+                RAISE EXCEPTION 'cariosan-webhooks ingest needs read committed' USING ERRCODE = 'CW001';
+            END IF;
+            PERFORM pg_catalog.set_config('lock_timeout', $4, true);
+            IF $3 IS NULL OR $3 = '' THEN
+                RETURN false;
+            END IF;
             PERFORM pg_catalog.pg_advisory_xact_lock_shared($1);
             RETURN EXISTS (SELECT 1 FROM {schema}.deleted_messages AS deleted
                 WHERE deleted.tenant = $2 AND deleted.message_id = $3);

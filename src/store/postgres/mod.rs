@@ -264,10 +264,11 @@
 //!   from its raw JSON.
 //!
 //! Where that ends: a content event of the message that is *running* when
-//! the deletion commits finishes (its finish waits for the deletion, then
-//! drops its text), so its handler's own writes commit after the deletion
-//! handler's: a handler that stores message text should not resurrect a
-//! message its application deleted. A deletion that meets another
+//! the deletion commits finishes (and then drops its text: a done row its
+//! body and error at once, a row that keeps its body or error after waiting
+//! for the deletion), so its handler's own writes may commit after the
+//! deletion handler's: a handler that stores message text should not
+//! resurrect a message its application deleted. A deletion that meets another
 //! transaction's row locks in the opposite order (a deletion of a message
 //! that quotes one being deleted at the same moment) is a deadlock that
 //! PostgreSQL breaks: that run fails and is retried.
