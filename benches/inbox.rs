@@ -278,7 +278,7 @@ async fn raw_inserts(pool: &PgPool, body: &[u8], with_notify: bool) -> f64 {
     // message's deletion lock), the row, its body.
     let stored = "late AS (SELECT cariosan_webhooks.deletion_recorded(pg_catalog.hashtextextended(\
            'cariosan-webhooks deleted cariosan_webhooks' || pg_catalog.chr(31) || '' || pg_catalog.chr(31) || 'msg_1', 0), \
-           '', 'msg_1') AS gone), \
+           '', 'msg_1', '2000') AS gone), \
          row AS (INSERT INTO raw_inbox (delivery_id, event_type, message_ids, signed_at, sender_attempt, due_at) \
            SELECT $1, 'message.created', ARRAY['msg_1'], 1, 1, now() FROM late WHERE NOT late.gone \
            ON CONFLICT DO NOTHING RETURNING tenant, delivery_id)";
