@@ -1089,6 +1089,23 @@ const DELETION_LOCK: &str =
     "pg_catalog.hashtextextended('cariosan-webhooks deleted ' || 'cariosan_webhooks' \
      || pg_catalog.chr(31) || '' || pg_catalog.chr(31) || $1, 0)";
 
+/// A transaction on `pool` holding the deletion lock of `message`, as a
+/// deletion being recorded does.
+async fn holding_deletion_lock(
+    pool: &PgPool,
+    message: &str,
+) -> sqlx::Transaction<'static, sqlx::Postgres> {
+    let mut deletion = pool.begin().await.unwrap();
+    sqlx::query(&format!(
+        "SELECT pg_catalog.pg_advisory_xact_lock({DELETION_LOCK})"
+    ))
+    .bind(message)
+    .execute(&mut *deletion)
+    .await
+    .unwrap();
+    deletion
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 #[ignore = "needs PostgreSQL (initdb, pg_ctl); .ci/run installs postgresql and runs the ignored tests"]
 async fn a_copy_stored_while_its_messages_deletion_commits_is_stored_without_its_text() {
@@ -1115,14 +1132,7 @@ async fn copy_stored_while_its_messages_deletion_commits(server: &PostgresServer
     let deleting = server.pool(1).await;
     let message = "msg_01JDB7Q3M0";
     // A deletion of the message, recorded and holding its lock, not committed.
-    let mut deletion = deleting.begin().await.unwrap();
-    sqlx::query(&format!(
-        "SELECT pg_catalog.pg_advisory_xact_lock({DELETION_LOCK})"
-    ))
-    .bind(message)
-    .execute(&mut *deletion)
-    .await
-    .unwrap();
+    let mut deletion = holding_deletion_lock(&deleting, message).await;
     sqlx::query(
         "INSERT INTO cariosan_webhooks.deleted_messages (tenant, message_id, deleted_at) VALUES ('', $1, now())",
     )
@@ -1167,14 +1177,7 @@ async fn an_ingest_cut_off_mid_statement_closes_its_connection_and_the_pool_stil
     inbox.migrate().await.unwrap();
     let blocker = server.pool(1).await;
     let message = "msg_01JDB7Q3M0";
-    let mut deletion = blocker.begin().await.unwrap();
-    sqlx::query(&format!(
-        "SELECT pg_catalog.pg_advisory_xact_lock({DELETION_LOCK})"
-    ))
-    .bind(message)
-    .execute(&mut *deletion)
-    .await
-    .unwrap();
+    let deletion = holding_deletion_lock(&blocker, message).await;
 
     let id = "evt_01JDB7U4CUTOFFINGESTAAAA";
     let body = message_with(id, "cut off");
